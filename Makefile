@@ -1,0 +1,40 @@
+# megalodon-lit: the named tasks. Every task sets up .venv first if it is missing or stale.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.megalodon-lit-installed
+LAB_PORT ?= 8888
+
+.PHONY: setup demo test lab docs gpu clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+## setup: create .venv with the pinned toolchain and the package in editable mode
+setup: $(STAMP)
+
+## demo: the main job (for now: the three CEMA paths compared, timed and plotted)
+demo: setup
+	$(BIN)/megalodon-lit demo --out demo_out
+
+## test: sync check, nbdev-test, pytest tests/, nbval on the notebooks
+test: setup
+	bash tools/test.sh
+
+## lab: JupyterLab on nbs/ (also as root)
+lab: setup
+	cd nbs && ../$(BIN)/jupyter lab --no-browser --port $(LAB_PORT) $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+## docs: the documentation site in docs/_build/html
+docs: setup
+	bash tools/docs.sh
+
+## gpu: the GPU-flagged notebook cells (needs a CUDA device)
+gpu: setup
+	$(BIN)/nbdev-test --flags gpu --n_workers 1
+
+clean-venv:
+	rm -rf $(VENV)
