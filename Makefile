@@ -34,7 +34,7 @@ docs: setup
 
 ## gpu: the GPU-flagged notebook cells (needs a CUDA device)
 gpu: setup
-	$(BIN)/nbdev-test --flags gpu --n_workers 1
+	$(BIN)/nbdev-test --flags gpu --n-workers 1
 
 clean-venv:
 	rm -rf $(VENV)

@@ -12,7 +12,7 @@ step "1/4 notebooks and package in sync (nbdev-export, nbdev-clean change nothin
 python tools/check_sync.py
 
 step "2/4 nbdev-test: every notebook top to bottom (gpu and slow cells skipped)"
-nbdev-test --n_workers 2 --timing
+nbdev-test --n-workers 2 --timing
 
 step "3/4 pytest tests/"
 python -m pytest tests/ -n 2 -q -p no:cacheprovider
