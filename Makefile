@@ -10,7 +10,9 @@ LAB_PORT ?= 8888
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@# pip's machine-wide config may list absent local indexes; hide its warnings about them, nothing else.
+	set -o pipefail; $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 \
+	  | { grep -v "^WARNING: Location '" || true; }
 	@touch $(STAMP)
 
 ## setup: create .venv with the pinned toolchain and the package in editable mode
