@@ -28,10 +28,18 @@ def _qkv(B, L, H, dz, dv, dtype, seed=0, grad=False):
 def test_chunked_matches_ref(B, H, dz, dv, C, L, W, dtype):
     q, k, v = _qkv(B, L, H, dz, dv, dtype, seed=L * 31 + C, grad=True)
     a, b = attention_ref(q, k, v, C, W), attention_chunked(q, k, v, C, W)
-    g = torch.randn_like(a)
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(L * 7 + W), dtype=torch.float64).to(dtype)
     ga, gb = torch.autograd.grad(a, (q, k, v), g), torch.autograd.grad(b, (q, k, v), g)
     assert rel_err(b, a) <= TOL[dtype]
-    for x, y in zip(gb, ga): assert rel_err(x, y) <= TOL[dtype]
+    if dtype == torch.float64:
+        for x, y in zip(gb, ga): assert rel_err(x, y) <= TOL[dtype]
+        return
+    # float32 gradients of a softmax can cancel (dq, dk are differences of nearly equal terms for some upstream
+    # gradients; seen up to 1e-4 between two correct float32 paths). Judge the fast path against the float64
+    # truth: no worse than twice the float32 reference's own error, or 1e-5 (house-style rule 5).
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    truth = torch.autograd.grad(attention_ref(q64, k64, v64, C, W), (q64, k64, v64), g.double())
+    for x, y, t in zip(gb, ga, truth): assert rel_err(x, t) <= max(TOL[dtype], 2 * rel_err(y, t))
 
 
 @pytest.mark.parametrize("W", [1, 2, 3])
