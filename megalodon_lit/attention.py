@@ -166,13 +166,12 @@ def attention_chunked(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
     qc = q.view(B * nc, C, H, dz).transpose(1, 2)
     if W == 1: kw, vw = k.view(B * nc, C, H, dz).transpose(1, 2), v.view(B * nc, C, H, dv).transpose(1, 2)
     else: kw, vw = _windows(k, nc, C, W).flatten(0, 1), _windows(v, nc, C, W).flatten(0, 1)  # [B·nc, H, W·C, d]
-    if dropkey and dropout > 0:
-        out = _softmax_attend(qc, kw, vw, _window_mask(nc, C, W, q.device).repeat(B, 1, 1, 1), dropout, True)
-    elif W == 1:  # the window is the chunk itself: the mask is plain causal, which SDPA handles best
+    if W == 1 and not (dropkey and dropout > 0):  # the window is the chunk itself: plain causal, which SDPA handles best
         out = F.scaled_dot_product_attention(qc, kw, vw, dropout_p=dropout, is_causal=True, scale=1.0)
     else:
         mask = _window_mask(nc, C, W, q.device).repeat(B, 1, 1, 1)  # [B·nc, 1, C, W·C]
-        out = F.scaled_dot_product_attention(qc, kw, vw, attn_mask=mask, dropout_p=dropout, scale=1.0)
+        if dropkey and dropout > 0: out = _softmax_attend(qc, kw, vw, mask, dropout, True)
+        else: out = F.scaled_dot_product_attention(qc, kw, vw, attn_mask=mask, dropout_p=dropout, scale=1.0)
     return out.transpose(1, 2).reshape(B, nc * C, H, dv)[:, :L]
 
 # %% ../nbs/04_attention.ipynb #c299b837

@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import resolve_backend
-from .cema_params import (cema_coeffs, cema_powers, cema_kernel, theta_ladder, CEMAParameters,
-                                       _check_shape, _check_finite)
+from .core import resolve_backend, check_shape, check_finite
+from .cema_params import cema_coeffs, cema_powers, cema_kernel, theta_ladder, CEMAParameters
 
 # The coefficient helpers of 01_cema are part of this module's public API too.
 _all_ = ["cema_coeffs", "cema_powers", "cema_kernel", "theta_ladder", "CEMAParameters"]
@@ -27,15 +26,15 @@ def _cema_inputs(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None):
     "Validate the arguments shared by the CEMA paths; return (B, D, L, N, real dtype, complex dtype)."
     if not isinstance(x, Tensor) or not x.is_floating_point(): raise TypeError("x must be a real floating tensor [B, D, L]")
     if x.dtype == torch.float16: raise TypeError("float16 x is not supported (range too small for CEMA states); use bfloat16, float32 or float64")
-    _check_shape("x ([B, D, L])", x, (None, None, None))
+    check_shape("x ([B, D, L])", x, (None, None, None))
     B, D, L = x.shape
-    _check_shape("p", p, (D, None))
+    check_shape("p", p, (D, None))
     N = p.shape[1]
-    _check_shape("q", q, (D, N)); _check_shape("g", g, (D, N))
+    check_shape("q", q, (D, N)); check_shape("g", g, (D, N))
     if p.is_complex() or not (q.is_complex() and g.is_complex()): raise TypeError("p must be real; q and g must be complex")
-    for name, t in (("p", p), ("q", q), ("g", g)): _check_finite(name, t)
+    for name, t in (("p", p), ("q", q), ("g", g)): check_finite(name, t)
     if h0 is not None:
-        _check_shape("h0", h0, (B, D, N))
+        check_shape("h0", h0, (B, D, N))
         if not h0.is_complex(): raise TypeError(f"h0 must be complex, got {h0.dtype}")
     wide = x.dtype == torch.float64
     return B, D, L, N, (torch.float64 if wide else torch.float32), (torch.complex128 if wide else torch.complex64)

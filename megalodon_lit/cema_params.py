@@ -11,20 +11,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .core import rel_err, assert_close, ErrorTable
+from .core import check_shape, check_finite
 
 # %% auto #0
 __all__ = ['cema_coeffs', 'cema_powers', 'cema_kernel', 'theta_ladder', 'CEMAParameters']
-
-# %% ../nbs/01_cema.ipynb #5bd19026
-def _check_finite(name: str, t: Tensor) -> None:
-    if not torch.isfinite(t).all(): raise ValueError(f"{name} has non-finite values (nan or inf)")
-
-def _check_shape(name: str, t: Tensor, shape: tuple) -> None:
-    "Raise a `ValueError` naming `name` unless `t.shape` matches `shape` (None entries match anything)."
-    if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
-        want = "[" + ", ".join("?" if s is None else str(s) for s in shape) + "]"
-        raise ValueError(f"{name} must have shape {want}, got {list(t.shape)}")
 
 # %% ../nbs/01_cema.ipynb #2931df87
 def cema_coeffs(alpha: Tensor, # [D, N, 1] input weight logits
@@ -35,10 +25,10 @@ def cema_coeffs(alpha: Tensor, # [D, N, 1] input weight logits
     "CEMA coefficients as in the reference `_calc_coeffs`: p = σ(α), |q| = 1 − σ(α)σ(δ), arg q = (n+1)σ(θ)2π/N, g = γ√(1/N)."
     for name, t in (("alpha", alpha), ("delta", delta), ("theta", theta), ("gamma", gamma)):
         if not t.is_floating_point(): raise TypeError(f"{name} must be a real floating tensor, got {t.dtype}")
-    _check_shape("alpha", alpha, (None, None, 1))
+    check_shape("alpha", alpha, (None, None, 1))
     D, N = alpha.shape[:2]
-    _check_shape("delta", delta, (D, N, 1)); _check_shape("theta", theta, (D, 1, 1)); _check_shape("gamma", gamma, (D, N, 2))
-    for name, t in (("alpha", alpha), ("delta", delta), ("theta", theta), ("gamma", gamma)): _check_finite(name, t)
+    check_shape("delta", delta, (D, N, 1)); check_shape("theta", theta, (D, 1, 1)); check_shape("gamma", gamma, (D, N, 2))
+    for name, t in (("alpha", alpha), ("delta", delta), ("theta", theta), ("gamma", gamma)): check_finite(name, t)
     dt = torch.float64 if torch.float64 in (alpha.dtype, delta.dtype, theta.dtype, gamma.dtype) else torch.float32
     alpha, delta, theta, gamma = (t.to(dt) for t in (alpha, delta, theta, gamma))
     p = torch.sigmoid(alpha).squeeze(-1)                                 # [D, N]

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['BACKENDS', 'rel_err', 'assert_close', 'ErrorTable', 'triton_available', 'triton_interpreting', 'resolve_backend',
-           'default_device', 'seed_everything', 'median_time', 'set_plot_style']
+__all__ = ['BACKENDS', 'rel_err', 'assert_close', 'ErrorTable', 'check_finite', 'check_shape', 'triton_available',
+           'triton_interpreting', 'resolve_backend', 'default_device', 'seed_everything', 'median_time',
+           'set_plot_style']
 
 # %% ../nbs/00_core.ipynb #ea5a020d
 def rel_err(actual: Tensor, # the tensor under test
@@ -67,6 +68,17 @@ class ErrorTable:
         rows = self._lines(" | ")
         md = [f"| {rows[0]} |", "|---|---:|---:|:-:|"] + [f"| {r} |" for r in rows[1:]]
         return (f"**{self.title}**\n\n" if self.title else "") + "\n".join(md)
+
+# %% ../nbs/00_core.ipynb #5bd19026
+def check_finite(name: str, t: Tensor) -> None:
+    "Raise a `ValueError` naming `name` if `t` has a nan or an inf."
+    if not torch.isfinite(t).all(): raise ValueError(f"{name} has non-finite values (nan or inf)")
+
+def check_shape(name: str, t: Tensor, shape: tuple) -> None:
+    "Raise a `ValueError` naming `name` unless `t.shape` matches `shape` (None entries match anything)."
+    if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
+        want = "[" + ", ".join("?" if s is None else str(s) for s in shape) + "]"
+        raise ValueError(f"{name} must have shape {want}, got {list(t.shape)}")
 
 # %% ../nbs/00_core.ipynb #c63c9333
 BACKENDS = ("ref", "torch", "triton", "auto")

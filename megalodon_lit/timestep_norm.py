@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .core import resolve_backend, rel_err, ErrorTable
-from .cema_params import _check_shape, _check_finite
+from .core import resolve_backend, check_shape, check_finite
 
 # %% auto #0
 __all__ = ['timestep_norm_ref', 'timestep_norm', 'TimestepNorm']
@@ -22,19 +21,19 @@ def _tsn_inputs(x: Tensor, weight: Tensor, bias: Tensor, count: Tensor, mean: Te
     "Validate the TimestepNorm arguments; return (B, L, D, G, working dtype)."
     if not isinstance(x, Tensor) or not x.is_floating_point(): raise TypeError("x must be a real floating tensor [B, L, D]")
     if x.dtype == torch.float16: raise TypeError("float16 x is not supported; use bfloat16, float32 or float64")
-    _check_shape("x ([B, L, D])", x, (None, None, None))
+    check_shape("x ([B, L, D])", x, (None, None, None))
     B, L, D = x.shape
     G = num_groups
     if not isinstance(G, int) or G < 1 or D % G: raise ValueError(f"num_groups must be a positive divisor of D={D}, got {G!r}")
     if not eps > 0: raise ValueError(f"eps must be positive, got {eps}")
-    _check_shape("weight", weight, (D,)); _check_shape("bias", bias, (D,))
-    _check_shape("count", count, (B,)); _check_shape("mean", mean, (B, G)); _check_shape("var", var, (B, G))
+    check_shape("weight", weight, (D,)); check_shape("bias", bias, (D,))
+    check_shape("count", count, (B,)); check_shape("mean", mean, (B, G)); check_shape("var", var, (B, G))
     if count.is_floating_point() or count.is_complex() or count.dtype == torch.bool: raise TypeError(f"count must be an integer tensor, got {count.dtype}")
     if (count < 0).any(): raise ValueError("count must be non-negative")
-    for name, t in (("mean", mean), ("var", var)): _check_finite(name, t)
+    for name, t in (("mean", mean), ("var", var)): check_finite(name, t)
     if (var < 0).any(): raise ValueError("var must be non-negative")
     if padding_mask is not None:
-        _check_shape("padding_mask", padding_mask, (B, L))
+        check_shape("padding_mask", padding_mask, (B, L))
         if padding_mask.dtype != torch.bool: raise TypeError(f"padding_mask must be bool (True = padded), got {padding_mask.dtype}")
     return B, L, D, G, (torch.float64 if x.dtype == torch.float64 else torch.float32)
 
