@@ -191,24 +191,35 @@ def attention(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
 # %% ../nbs/04_attention.ipynb #fe7ca06e
 @dataclass
 class KVCache:
-    "Streaming attention state: post-RoPE keys/values of the current partial chunk and the W−1 full chunks before it."
-    k: Tensor # [B, n, H, dz] kept keys (positions seen − n … seen − 1)
-    v: Tensor # [B, n, H, dv] kept values
+    "Streaming attention state: a fixed window of the last W·C post-RoPE keys/values (zeros before position 0)."
+    k: Tensor # [B, W·C, H, dz] keys of positions seen − W·C … seen − 1
+    v: Tensor # [B, W·C, H, dv] values of the same positions
     seen: int = 0 # tokens seen so far (the position of the next token)
 
     @classmethod
-    def empty(cls, batch_size: int, num_heads: int, head_dim: int, value_dim: int, dtype=torch.float32, device=None) -> "KVCache":
-        "A cache before the first token."
-        return cls(torch.zeros(batch_size, 0, num_heads, head_dim, dtype=dtype, device=device),
-                   torch.zeros(batch_size, 0, num_heads, value_dim, dtype=dtype, device=device), 0)
+    def empty(cls, batch_size: int, num_heads: int, head_dim: int, value_dim: int, capacity: int,
+              dtype=torch.float32, device=None) -> "KVCache":
+        "A cache before the first token: `capacity` (= W·C) zero slots, all at negative positions."
+        return cls(torch.zeros(batch_size, capacity, num_heads, head_dim, dtype=dtype, device=device),
+                   torch.zeros(batch_size, capacity, num_heads, value_dim, dtype=dtype, device=device), 0)
+
+    @property
+    def nbytes(self) -> int: return self.k.nbytes + self.v.nbytes
+
+    def detach(self) -> "KVCache":
+        "The same cache cut from the autograd graph (between training segments)."
+        return KVCache(self.k.detach(), self.v.detach(), self.seen)
 
 # %% ../nbs/04_attention.ipynb #778e3e9a
-def _check_cache(cache: KVCache, k: Tensor, v: Tensor):
+def _check_cache(cache: KVCache, k: Tensor, v: Tensor, capacity: int):
     if not isinstance(cache, KVCache): raise TypeError(f"cache must be a KVCache or None, got {type(cache).__name__}")
     for n, c, t in (("k", cache.k, k), ("v", cache.v, v)):
         if c.shape[0] != t.shape[0] or c.shape[2:] != t.shape[2:]:
             raise ValueError(f"cache.{n} has [B, n, H, d] = {tuple(c.shape)} but the new {n} is {tuple(t.shape)}: "
                              "a cache from another batch size or head configuration")
+        if c.shape[1] != capacity:
+            raise ValueError(f"cache.{n} holds {c.shape[1]} positions but chunk_size·attention_chunks = {capacity}: "
+                             "a cache from another chunk configuration")
         if c.dtype != t.dtype: raise TypeError(f"cache.{n} is {c.dtype} but the new {n} is {t.dtype}")
 
 def attention_step(q: Tensor, # [B, l, H, dz] new queries (RoPE applied at positions seen … seen+l−1)
@@ -217,24 +228,26 @@ def attention_step(q: Tensor, # [B, l, H, dz] new queries (RoPE applied at posit
                    cache: KVCache | None, # state from the previous call (None: start of the stream)
                    chunk_size: int, # C
                    attention_chunks: int = 1, # W
-                  ) -> tuple[Tensor, KVCache]: # output [B, l, H, dv], the updated cache
+                   dropout: float = 0.0, # attention dropout probability (apply only when training)
+                   dropkey: bool = False, # DropKey instead of post-softmax dropout
+                  ) -> tuple[Tensor, KVCache]: # output [B, l, H, dv], the updated cache (not detached)
     "Streaming attention: any piece length, crossing chunk boundaries; same outputs as one `attention` call."
-    B, l, H, dz, dv = _check_qkv(q, k, v, chunk_size, attention_chunks, 0.0)
+    B, l, H, dz, dv = _check_qkv(q, k, v, chunk_size, attention_chunks, dropout)
     C, W = chunk_size, attention_chunks
-    if cache is None: cache = KVCache.empty(B, H, dz, dv, q.dtype, q.device)
-    _check_cache(cache, k, v)
+    if cache is None: cache = KVCache.empty(B, H, dz, dv, W * C, q.dtype, q.device)
+    _check_cache(cache, k, v, W * C)
     outs, ck, cv, seen, i = [], cache.k, cache.v, cache.seen, 0
-    # Split at chunk boundaries so each step sees at most W·C keys: cost linear in l.
+    # Split at chunk boundaries so each step sees at most W·C + C keys: cost linear in l.
     while i < l:
         n = min(C - seen % C, l - i)
         ck, cv = torch.cat([ck, k[:, i:i + n]], 1), torch.cat([cv, v[:, i:i + n]], 1)
         q_pos = torch.arange(seen, seen + n, device=q.device)
         k_pos = torch.arange(seen + n - ck.shape[1], seen + n, device=q.device)
-        out = _softmax_attend(q[:, i:i + n].transpose(1, 2), ck.transpose(1, 2), cv.transpose(1, 2),
-                              attention_mask(q_pos, k_pos, C, W), 0.0, False)
+        allowed = attention_mask(q_pos, k_pos, C, W) & (k_pos >= 0)  # slots before position 0 are empty
+        out = _softmax_attend(q[:, i:i + n].transpose(1, 2), ck.transpose(1, 2), cv.transpose(1, 2), allowed, dropout, dropkey)
         outs.append(out.transpose(1, 2))
         seen, i = seen + n, i + n
-        keep = seen - max(0, (seen // C - W + 1) * C)  # current partial chunk + W−1 full chunks before it
-        ck, cv = ck[:, ck.shape[1] - keep:], cv[:, cv.shape[1] - keep:]
+        # The last W·C positions hold every key a later query can see: its own chunk and the W−1 before it.
+        ck, cv = ck[:, -W * C:], cv[:, -W * C:]
     out = torch.cat(outs, 1) if outs else v.new_zeros(B, 0, H, dv)
-    return out, KVCache(ck.detach(), cv.detach(), seen)
+    return out, KVCache(ck, cv, seen)
