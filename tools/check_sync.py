@@ -1,5 +1,6 @@
-"""Fail when `nbdev-export` or `nbdev-clean` would change a tracked file: the notebooks are the
-source, and the committed package and notebooks must be exactly what those commands produce."""
+"""Fail when `nbdev-export` or `nbdev-clean` would change a tracked file, or when README.md is not
+what tools/make_readme.py makes of nbs/index.ipynb: the notebooks are the source, and the
+committed package, notebooks and README must be exactly what those commands produce."""
 import hashlib, subprocess, sys
 from pathlib import Path
 
@@ -27,6 +28,10 @@ def main():
         for k in changed: print("   ", k)
         sys.exit(1)
     print(f"sync check: {len(after)} files under {', '.join(WATCHED)} unchanged by nbdev-export and nbdev-clean")
+    # README.md is generated from nbs/index.ipynb (checked after nbdev-clean, which may touch it).
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "make_readme.py"), "--check"], cwd=ROOT)
+    if res.returncode:
+        sys.exit(1)
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,10 @@
    Quarto's `#|` cell options, and written to docs/_nbs/<page>.ipynb, <page> being nbdev's
    own page name (`00_core.ipynb` -> `core`), so the URLs match the ones in `_modidx.py`.
 3. The landing page (index.ipynb) gets a hidden toctree of the other pages in notebook
-   filename order, so a new notebook shows up in the navigation without editing the docs.
+   filename order, so a new notebook shows up in the navigation without editing the docs,
+   followed by the hand-written pages of docs/pages/ (deviations, changelog).
+4. Every `show_doc` entry gets a "source" link to the exported code: a page per module that
+   docs/conf.py renders from megalodon_lit/ (`_modules/megalodon_lit/<mod>.html#L-<line>`).
 
 Files are only rewritten when their content changed, so Sphinx's incremental build works.
 """
@@ -29,6 +32,10 @@ RE_LEADING_RULE = re.compile(r"\A\s*---+\s*\n")
 RE_SOURCE_LINK = re.compile(r"^\[source\]\([^)]*\)(\{[^}]*\})?[ \t]*\n*", re.M)
 RE_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$", re.M)
 RE_FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
+# Hand-written pages (markdown), listed after the notebooks in this order; others follow by name.
+PAGES = ROOT / "docs" / "pages"
+PAGE_ORDER = ["deviations", "changelog"]
+RE_PAGE_LINK = re.compile(r"\]\(\.\./docs/pages/([\w.-]+\.md)")
 
 
 def run_proc_nbs(force: bool) -> Path:
@@ -44,6 +51,61 @@ def run_proc_nbs(force: bool) -> Path:
     from nbdev.serve import proc_nbs
     os.chdir(ROOT)
     return Path(proc_nbs(force=force, n_workers=min(8, os.cpu_count() or 1)))
+
+
+def source_index() -> dict:
+    """{short name (`cema_fft`, `ComplexEMA.forward`): [(doc page, module file, first line), …]}
+    for every symbol in nbdev's index (`_modidx.py`) found in its module. Read with `ast`, so
+    the package is not imported."""
+    import ast
+    tree = ast.parse((ROOT / "megalodon_lit" / "_modidx.py").read_text(encoding="utf-8"))
+    d = next(ast.literal_eval(n.value) for n in tree.body
+             if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "d")
+    index = {}
+    for mod, syms in d["syms"].items():
+        f = ROOT / (mod.replace(".", "/") + ".py")
+        if not f.exists():
+            continue
+        defs = definition_lines(ast.parse(f.read_text(encoding="utf-8")))
+        for qual, (url, _) in syms.items():
+            short = qual[len(mod) + 1:]
+            if short in defs:
+                page = url.split("#")[0].removesuffix(".html")
+                index.setdefault(short, []).append((page, f.relative_to(ROOT).as_posix(), defs[short]))
+    return index
+
+
+def definition_lines(tree) -> dict:
+    """{name or Class.method: first line (decorators included)} of a module's definitions; a
+    fastcore `@patch` function `def f(self:Cls)` is also listed as `Cls.f`."""
+    import ast
+    out = {}
+    def first(n): return min([n.lineno] + [x.lineno for x in getattr(n, "decorator_list", [])])
+    for n in tree.body:
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out[n.name] = first(n)
+            if isinstance(n, ast.ClassDef):
+                for m in n.body:
+                    if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        out[f"{n.name}.{m.name}"] = first(m)
+            elif n.args.args and isinstance(n.args.args[0].annotation, ast.Name):
+                out.setdefault(f"{n.args.args[0].annotation.id}.{n.name}", first(n))
+        elif isinstance(n, (ast.Assign, ast.AnnAssign)):
+            for t in (n.targets if isinstance(n, ast.Assign) else [n.target]):
+                if isinstance(t, ast.Name):
+                    out.setdefault(t.id, n.lineno)
+    return out
+
+
+def source_link(name: str, page: str, index: dict) -> str:
+    """Raw-HTML "source" link for the API entry `name` shown on `page`, or "" if unknown. A name
+    defined in two modules resolves to the one documented on this page."""
+    cands = index.get(name, [])
+    if not cands:
+        return ""
+    _, file, line = next((c for c in cands if c[0] == page), cands[0])
+    href = os.path.relpath(f"_modules/{file.removesuffix('.py')}.html", os.path.dirname(page) or ".")
+    return f'<a class="reference external source-link" href="{href}#L-{line}">[source]</a>\n'
 
 
 def src(cell) -> str:
@@ -81,8 +143,9 @@ def front_matter_cell(cell):
     return (yaml.safe_load(m.group(1)) or {}) if m else None
 
 
-def convert(nb: dict, default_title: str) -> dict:
-    """Rewrite one processed notebook for myst-nb."""
+def convert(nb: dict, default_title: str, page: str = "", sources: dict | None = None) -> dict:
+    """Rewrite one processed notebook (nbdev page name `page`) for myst-nb; `sources` is
+    `source_index()`, for the "source" links of API entries."""
     cells, fm = [], {}
     for i, cell in enumerate(nb["cells"]):
         if i == 0 and (d := front_matter_cell(cell)) is not None:
@@ -107,8 +170,8 @@ def convert(nb: dict, default_title: str) -> dict:
             # `show_doc` and friends: the markdown output becomes page markdown, so API
             # entries are real headings (anchors, in-page table of contents, search).
             for o in outs:
-                text = RE_LEADING_RULE.sub("", text_of(o["data"]["text/markdown"]), 1)
-                cells.append(md_cell(RE_SOURCE_LINK.sub("", text)))
+                text = RE_SOURCE_LINK.sub("", RE_LEADING_RULE.sub("", text_of(o["data"]["text/markdown"]), 1))
+                cells.append(md_cell(with_source_link(text, page, sources or {})))
             continue
         tags = []
         if opts.get("echo") == "false": tags.append("remove-input")
@@ -134,6 +197,14 @@ def convert(nb: dict, default_title: str) -> dict:
     meta = {k: v for k, v in nb.get("metadata", {}).items() if k in ("kernelspec", "language_info")}
     meta.setdefault("language_info", {"name": "python"})  # myst-nb picks the code lexer from it
     return {"cells": cells, "metadata": meta, "nbformat": 4, "nbformat_minor": 5}
+
+
+def with_source_link(text: str, page: str, sources: dict) -> str:
+    """A `show_doc` entry with a "source" link under its heading (when the symbol is indexed)."""
+    m = RE_HEADING.search(text)
+    if not m or not (link := source_link(m[2].strip(), page, sources)):
+        return text
+    return f"{text[:m.end()]}\n\n{link}{text[m.end():]}"
 
 
 def fix_heading_levels(cells):
@@ -212,6 +283,7 @@ def main():
     proc = run_proc_nbs(force)
     from nbdev.config import get_config, nbpath2html
 
+    sources = source_index()
     pages, order, assets, renames = {}, [], [], {}
     for f in sorted(p for p in proc.rglob("*") if p.is_file()):
         rel = f.relative_to(proc)
@@ -222,7 +294,7 @@ def main():
             if name in pages:  # two notebooks mapping to one page name: keep the stem
                 name = rel.with_suffix("").as_posix()
             title = re.sub(r"^\d+[a-zA-Z0-9]*_", "", rel.stem).replace("_", " ").capitalize()
-            pages[name] = convert(json.loads(f.read_text(encoding="utf-8")), title)
+            pages[name] = convert(json.loads(f.read_text(encoding="utf-8")), title, name, sources)
             order.append(name)
             renames[rel.as_posix()] = name
         elif f.suffix not in SKIP_SUFFIXES:  # images and other files the notebooks link to
@@ -232,16 +304,27 @@ def main():
     for name, nb in pages.items():
         for c in nb["cells"]:
             if c["cell_type"] == "markdown":
-                c["source"] = fix_links(c["source"], name)
+                # nbs/ links to the hand-written pages as ../docs/pages/<page>.md (works in Jupyter)
+                c["source"] = RE_PAGE_LINK.sub(r"](\1", fix_links(c["source"], name))
 
-    # Navigation: the landing page holds a hidden toctree with every other page in order.
+    # Hand-written pages: they link notebooks as ../../nbs/<file>.ipynb (works on a forge).
+    extra = {}
+    rank = lambda f: (PAGE_ORDER.index(f.stem) if f.stem in PAGE_ORDER else len(PAGE_ORDER), f.stem)
+    for f in sorted(PAGES.glob("*.md"), key=rank):
+        text = f.read_text(encoding="utf-8").replace("](../../nbs/", "](")
+        extra[f.stem] = fix_links(text, f.stem)
+
+    # Navigation: the landing page holds hidden toctrees with every other page in order.
     others = [n for n in order if n != "index"]
-    toctree = "```{toctree}\n:hidden:\n:maxdepth: 2\n\n" + "\n".join(others) + "\n```\n"
+    def toctree(caption, names, hidden=True):
+        opts = (":hidden:\n" if hidden else "") + f":caption: {caption}\n:maxdepth: 2\n"
+        return "```{toctree}\n" + opts + "\n" + "\n".join(names) + "\n```\n"
+    nav = [toctree("Notebooks", others)] + ([toctree("About this project", list(extra))] if extra else [])
     if "index" in pages:
-        pages["index"]["cells"].append(md_cell(toctree))
+        pages["index"]["cells"] += [md_cell(t) for t in nav]
     else:  # no index.ipynb yet: a plain landing page listing the pages
-        pages["index"] = {"cells": [md_cell(f"# {get_config().get('lib_name', 'Documentation')}\n"),
-                                    md_cell(toctree.replace(":hidden:\n", ""))],
+        pages["index"] = {"cells": [md_cell(f"# {get_config().get('lib_name', 'Documentation')}\n")]
+                                   + [md_cell(t.replace(":hidden:\n", "")) for t in nav],
                           "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
 
     wanted = set()
@@ -250,6 +333,10 @@ def main():
             c["id"] = f"cell-{i}"
         dst = OUT / f"{name}.ipynb"
         write_if_changed(dst, (json.dumps(nb, indent=1, ensure_ascii=False) + "\n").encode())
+        wanted.add(dst)
+    for stem, text in extra.items():
+        dst = OUT / f"{stem}.md"
+        write_if_changed(dst, text.encode())
         wanted.add(dst)
     for rel in assets:
         dst = OUT / rel
