@@ -22,7 +22,7 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/megalodon-lit demo --out demo_out
 
-## test: sync check, nbdev-test, pytest tests/, nbval on the notebooks
+## test: sync check, nbdev-test, pytest tests/, nbval, the docs site (-W), the site and JupyterLab in headless Chromium
 test: setup
 	bash tools/test.sh
 
@@ -30,7 +30,7 @@ test: setup
 lab: setup
 	cd nbs && ../$(BIN)/jupyter lab --no-browser --port $(LAB_PORT) $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
-## docs: the documentation site in docs/_build/html
+## docs: the documentation site in docs/_build/html (sphinx-build -W), and README.md from nbs/index.ipynb
 docs: setup
 	bash tools/docs.sh
 

@@ -40,6 +40,11 @@ html_theme_options = {
     "show_toc_level": 2,  # right-hand "on this page": sections and show_doc entries
     "use_download_button": False,  # _sources is not shipped (below)
 }
+# The theme's script rejects an empty colour mode with a console error on a first visit.
+html_context = {"default_mode": "auto"}
+# A favicon of our own: browsers otherwise ask for /favicon.ico, a 404 on every first visit.
+html_static_path = ["_static"]
+html_favicon = "_static/favicon.svg"
 # The processed notebooks (with every PNG inline) need not be shipped a second time.
 html_copy_source = False
 html_show_sourcelink = False

@@ -12,6 +12,11 @@ export TRITON_INTERPRET=1 MPLBACKEND=Agg PYTHONHASHSEED=0
 .venv/bin/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("sphinx-mathjax-offline") is None)' \
   || { echo "docs: sphinx-mathjax-offline is missing from .venv (run 'make setup')" >&2; exit 1; }
 
+# One build at a time (pytest workers may ask for the site together): they share _proc/ and docs/.
+mkdir -p docs/_build
+exec 9>docs/_build/.lock
+flock 9
+
 # 0. README.md from nbs/index.ipynb (nbdev's README convention; nbdev-readme needs Quarto).
 .venv/bin/python tools/make_readme.py
 

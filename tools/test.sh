@@ -8,17 +8,24 @@ export TRITON_INTERPRET=1 MPLBACKEND=Agg PYTHONHASHSEED=0
 start=$SECONDS
 step() { echo; echo "=== $1 ($((SECONDS - start)) s elapsed)"; }
 
-step "1/4 notebooks and package in sync (nbdev-export, nbdev-clean change nothing)"
+step "1/6 notebooks, package and README in sync (nbdev-export, nbdev-clean, make_readme change nothing)"
 python tools/check_sync.py
 
-step "2/4 nbdev-test: every notebook top to bottom (gpu and slow cells skipped)"
+step "2/6 nbdev-test: every notebook top to bottom (gpu and slow cells skipped)"
 nbdev-test --n-workers 2 --timing
 
-step "3/4 pytest tests/"
-python -m pytest tests/ -n 2 -q -p no:cacheprovider
+step "3/6 pytest tests/ (the browser tests run alone in step 6)"
+python -m pytest tests/ -n 2 -q -p no:cacheprovider --ignore=tests/test_site_browser.py
 
-step "4/4 nbval --nbval-lax on the notebooks"
+step "4/6 nbval --nbval-lax on the notebooks"
 python tools/nbval_prep.py build/nbval
 python -m pytest --nbval-lax build/nbval -q -p no:cacheprovider
+
+step "5/6 documentation site: sphinx-build -W (warnings are errors), README.md from nbs/index.ipynb"
+bash tools/docs.sh
+
+step "6/6 the site and JupyterLab in headless Chromium (screenshots in build/screenshots/)"
+bash tools/ensure_chromium.sh
+python -m pytest tests/test_site_browser.py -q -p no:cacheprovider
 
 echo; echo "all test steps passed in $((SECONDS - start)) s"
