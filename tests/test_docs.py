@@ -121,3 +121,19 @@ def test_readme_rendering_rules():
     assert "secret" not in out and "def f" not in out
     assert "](nbs/01_cema.ipynb#top)" in out and "](https://arxiv.org/abs/2404.08801)" in out
     assert "```python\n1 + 1\n```\n\n```\n2\n```" in out
+
+
+def test_title_cell_text_is_kept(site):
+    """nbdev's processor drops the whole title cell; the docs build restores what follows the summary."""
+    import json
+    from nbdev.config import nbpath2html
+    checked = 0
+    for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
+        cells = [c for c in json.loads(nb.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "markdown"]
+        title = next(("".join(c["source"]) for c in cells if re.search(r"^#\s+\S", "".join(c["source"]), re.M)), "")
+        for phrase in ("After this notebook you can", "Megalodon is a language-model architecture"):
+            if phrase in title:
+                name = nbpath2html(Path(nb.name)).with_suffix("").as_posix()
+                assert phrase in page(site, name), f"{name}.html lost the title cell's text ({phrase!r})"
+                checked += 1
+    assert checked >= 5

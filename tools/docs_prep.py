@@ -2,9 +2,9 @@
 
 1. nbdev's notebook processor (what `nbdev-proc-nbs` runs) writes _proc/: hidden cells gone,
    `show_doc` cells inserted and executed for every exported symbol, the title and summary
-   moved into a Quarto-style raw YAML front-matter cell.
+   moved into a Quarto-style raw YAML front-matter cell (and the rest of the title cell dropped).
 2. Each processed page is rewritten for myst-nb, which knows neither Quarto front matter nor
-   Quarto's `#|` cell options, and written to docs/_nbs/<page>.ipynb, <page> being nbdev's
+   Quarto's `#|` cell options (the title cell's other text is restored from nbs/), and written to docs/_nbs/<page>.ipynb, <page> being nbdev's
    own page name (`00_core.ipynb` -> `core`), so the URLs match the ones in `_modidx.py`.
 3. The landing page (index.ipynb) gets a hidden toctree of the other pages in notebook
    filename order, so a new notebook shows up in the navigation without editing the docs,
@@ -143,9 +143,26 @@ def front_matter_cell(cell):
     return (yaml.safe_load(m.group(1)) or {}) if m else None
 
 
-def convert(nb: dict, default_title: str, page: str = "", sources: dict | None = None) -> dict:
+def title_cell_rest(source_nb: Path) -> str:
+    """What nbdev drops with a notebook's title cell. Its front-matter processor takes the title
+    (`# …`), the summary (`> …`) and any `- key: value` lines from the first markdown cell with an
+    H1, then removes the whole cell, so the rest of that cell (the "after this notebook you can…"
+    paragraph) would be missing from the page. The same patterns as nbdev's `md_frontmatter`."""
+    if not source_nb.exists():
+        return ""
+    for c in json.loads(source_nb.read_text(encoding="utf-8"))["cells"]:
+        if c["cell_type"] == "markdown" and re.search(r"^#\s+(\S.*?)\s*$", s := src(c), re.M):
+            used = [re.search(r"^#\s+(\S.*?)\s*$", s, re.M), re.search(r"^>\s+(\S.*?)\s*$", s, re.M),
+                    *re.finditer(r"^-\s+(\S.*:.*\S)\s*$", s, re.M)]
+            for m in sorted((m for m in used if m), key=lambda m: -m.start()):
+                s = s[:m.start()] + s[m.end():]
+            return re.sub(r"\n{3,}", "\n\n", s).strip()
+    return ""
+
+
+def convert(nb: dict, default_title: str, page: str = "", sources: dict | None = None, rest: str = "") -> dict:
     """Rewrite one processed notebook (nbdev page name `page`) for myst-nb; `sources` is
-    `source_index()`, for the "source" links of API entries."""
+    `source_index()`, for the "source" links of API entries; `rest` is `title_cell_rest()`."""
     cells, fm = [], {}
     for i, cell in enumerate(nb["cells"]):
         if i == 0 and (d := front_matter_cell(cell)) is not None:
@@ -193,6 +210,8 @@ def convert(nb: dict, default_title: str, page: str = "", sources: dict | None =
         if fm.get("description"):
             head += f"\n{str(fm['description']).strip()}\n"
         cells.insert(0, md_cell(head))
+        if fm and rest:
+            cells.insert(1, md_cell(rest))
     fix_heading_levels(cells)
     meta = {k: v for k, v in nb.get("metadata", {}).items() if k in ("kernelspec", "language_info")}
     meta.setdefault("language_info", {"name": "python"})  # myst-nb picks the code lexer from it
@@ -294,7 +313,8 @@ def main():
             if name in pages:  # two notebooks mapping to one page name: keep the stem
                 name = rel.with_suffix("").as_posix()
             title = re.sub(r"^\d+[a-zA-Z0-9]*_", "", rel.stem).replace("_", " ").capitalize()
-            pages[name] = convert(json.loads(f.read_text(encoding="utf-8")), title, name, sources)
+            rest = title_cell_rest(ROOT / get_config().get("nbs_path", "nbs") / rel)
+            pages[name] = convert(json.loads(f.read_text(encoding="utf-8")), title, name, sources, rest)
             order.append(name)
             renames[rel.as_posix()] = name
         elif f.suffix not in SKIP_SUFFIXES:  # images and other files the notebooks link to
