@@ -4,8 +4,9 @@
    `show_doc` cells inserted and executed for every exported symbol, the title and summary
    moved into a Quarto-style raw YAML front-matter cell (and the rest of the title cell dropped).
 2. Each processed page is rewritten for myst-nb, which knows neither Quarto front matter nor
-   Quarto's `#|` cell options (the title cell's other text is restored from nbs/), and written to docs/_nbs/<page>.ipynb, <page> being nbdev's
-   own page name (`00_core.ipynb` -> `core`), so the URLs match the ones in `_modidx.py`.
+   Quarto's `#|` cell options (the title cell's other text is restored from nbs/), and written
+   to docs/_nbs/<page>.ipynb, <page> being nbdev's own page name (`00_core.ipynb` -> `core`),
+   so the URLs match the ones in `_modidx.py`.
 3. The landing page (index.ipynb) gets a hidden toctree of the other pages in notebook
    filename order, so a new notebook shows up in the navigation without editing the docs,
    followed by the hand-written pages of docs/pages/ (deviations, changelog).
