@@ -60,6 +60,12 @@ def cema_recurrent(x: Tensor, # [B, D, L] real input
 # %% ../nbs/02_cema_paths.ipynb #db130d8c
 def _next_pow2(n: int) -> int: return 1 << max(n - 1, 0).bit_length()
 
+def _narrow(table: Tensor, dtype: torch.dtype) -> Tensor:
+    "Cast a float64/complex128 table to `dtype`, flushing entries below its smallest normal number to zero."
+    # q^j underflows into float32's subnormal range for small |q| and long j; CPUs compute on subnormals ~100x slower.
+    if table.is_complex(): return torch.view_as_complex(_narrow(torch.view_as_real(table), torch.empty(0, dtype=dtype).real.dtype).contiguous())
+    return table.masked_fill(table.abs() < torch.finfo(dtype).tiny, 0).to(dtype)
+
 def _real_contract(x: Tensor, table: Tensor, spec: str) -> Tensor:
     "einsum of a real tensor with a complex table, as two real einsums (no complex copy of x)."
     return torch.complex(torch.einsum(spec, x, table.real), torch.einsum(spec, x, table.imag))
@@ -71,7 +77,7 @@ def cema_bias(q: Tensor, # [D, N] complex decay factors
               dtype: torch.dtype = torch.complex64, # complex working precision
              ) -> Tensor: # [B, D, L] real
     "What an initial state adds to the outputs: b_t = Re Σ_n g_n q_n^{t+1} h0_n (the reference's `ema_parameters` bias)."
-    table = (g.to(torch.complex128).unsqueeze(-1) * cema_powers(q, torch.arange(1, length + 1))).to(dtype)  # [D, N, L]
+    table = _narrow(g.to(torch.complex128).unsqueeze(-1) * cema_powers(q, torch.arange(1, length + 1)), dtype)  # [D, N, L]
     return torch.einsum("bdn,dnl->bdl", h0.to(dtype), table).real
 
 # %% ../nbs/02_cema_paths.ipynb #b8d1bb28
@@ -84,9 +90,9 @@ def cema_last_state(x: Tensor, # [B, D, L] real input (working precision)
     "Closed-form final state h = p Σ_j q^{L-1-j} x_j + q^L h0 (the reference's `ema_hidden`)."
     L = x.shape[-1]
     powers = cema_powers(q, torch.arange(L, -1, -1))                            # [D, N, L+1]: q^L .. q^0
-    into_state = (p.to(torch.float64).unsqueeze(-1) * powers[..., 1:]).to(dtype)  # p q^{L-1-j}
+    into_state = _narrow(p.to(torch.float64).unsqueeze(-1) * powers[..., 1:], dtype)  # p q^{L-1-j}
     h = _real_contract(x, into_state, "bdl,dnl->bdn")
-    return h if h0 is None else h + powers[..., 0].to(dtype) * h0.to(dtype)
+    return h if h0 is None else h + _narrow(powers[..., 0], dtype) * h0.to(dtype)
 
 # %% ../nbs/02_cema_paths.ipynb #bfb7d8fb
 def cema_fft(x: Tensor, # [B, D, L] real input
@@ -99,7 +105,7 @@ def cema_fft(x: Tensor, # [B, D, L] real input
     B, D, L, N, rdt, cdt = _cema_inputs(x, p, q, g, h0)
     xw = x.to(rdt)
     n = 2 * _next_pow2(L)
-    k = cema_kernel(p, q, g, L).to(rdt)                                     # [D, L]
+    k = _narrow(cema_kernel(p, q, g, L), rdt)                                   # [D, L]
     y = torch.fft.irfft(torch.fft.rfft(xw, n) * torch.fft.rfft(k, n), n)[..., :L]
     if h0 is not None: y = y + cema_bias(q, g, h0, L, cdt)
     return y.to(x.dtype), cema_last_state(xw, p, q, h0, cdt)
@@ -128,19 +134,19 @@ def cema_chunked(x: Tensor, # [B, D, L] real input
     xc = F.pad(x.to(rdt), (0, nc * T - L)).view(B, D, nc, T)
     p64, g64 = p.to(torch.float64).unsqueeze(-1), g.to(torch.complex128).unsqueeze(-1)
     powers = cema_powers(q, torch.arange(T + 1))                       # [D, N, T+1]: q^0 .. q^T
-    within = _toeplitz(cema_kernel(p, q, g, T)).to(rdt)                 # [D, T, T]
-    into_state = (p64 * powers[..., :T].flip(-1)).to(cdt)               # [D, N, T]: p q^{T-1-s}
-    out_of_state = (g64 * powers[..., 1:]).to(cdt)                      # [D, N, T]: g q^{t+1}
+    within = _narrow(_toeplitz(cema_kernel(p, q, g, T)), rdt)             # [D, T, T]
+    into_state = _narrow(p64 * powers[..., :T].flip(-1), cdt)           # [D, N, T]: p q^{T-1-s}
+    out_of_state = _narrow(g64 * powers[..., 1:], cdt)                  # [D, N, T]: g q^{t+1}
     y = torch.einsum("dts,bdcs->bdct", within, xc)                      # 1. within chunks
     u = _real_contract(xc, into_state, "bdcs,dns->bdcn")                # 2. into the state [B, D, nc, N]
-    qT, starts = powers[..., T].to(cdt), []
+    qT, starts = _narrow(powers[..., T], cdt), []
     for c in range(nc - 1):                                             # 3. carry across chunks
         starts.append(state); state = qT * state + u[:, :, c]
     starts.append(state)
     S = torch.stack(starts, 2)                                          # [B, D, nc, N]
     y = y + torch.einsum("bdcn,dnt->bdct", S.real, out_of_state.real) - torch.einsum("bdcn,dnt->bdct", S.imag, out_of_state.imag)
-    last = _real_contract(xc[:, :, -1, :r], (p64 * powers[..., :r].flip(-1)).to(cdt), "bds,dns->bdn")
-    h = powers[..., r].to(cdt) * state + last                           # exact final state after step L-1
+    last = _real_contract(xc[:, :, -1, :r], _narrow(p64 * powers[..., :r].flip(-1), cdt), "bds,dns->bdn")
+    h = _narrow(powers[..., r], cdt) * state + last                           # exact final state after step L-1
     return y.reshape(B, D, nc * T)[..., :L].to(x.dtype), h
 
 # %% ../nbs/02_cema_paths.ipynb #eb9f46cb
