@@ -296,13 +296,15 @@ def run_all_in_lab(page, base: str, token: str, notebook: str, timeout: float = 
         time.sleep(0.5)
     page.wait_for("document.querySelectorAll('.jp-Notebook .jp-CodeCell').length > 0", 60)
 
+    # Whether a cell was ever queued ([*]) after the click, however quickly the run ends.
+    page.eval("""(() => { window.__queued = false; const nb = document.querySelector('.jp-Notebook');
+      const look = () => { if ([...nb.querySelectorAll('.jp-InputPrompt')].some(e => e.innerText.includes('*'))) window.__queued = true; };
+      new MutationObserver(look).observe(nb, {subtree: true, childList: true, characterData: true}); })()""")
     page.click_element("[...document.querySelectorAll('.lm-MenuBar-item')].find(e => e.innerText.trim() === 'Run')")
     item = "[...document.querySelectorAll('.lm-Menu-item')].find(e => (e.querySelector('.lm-Menu-itemLabel') || {}).innerText === 'Run All Cells')"
     page.wait_for(f"!!{item}", 10)
     page.click_element(item)
-    # Running: some prompt shows [*] or the kernel is busy. Done: idle, with no [*] left.
-    page.wait_for("[...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].some(e => e.innerText.includes('*'))"
-                  f" || {kernel} === 'busy' || [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].every(e => /\\[\\d+\\]/.test(e.innerText))", 60, 0.1)
+    page.wait_for("window.__queued", 30, 0.1)
     page.wait_for(f"{kernel} === 'idle' && ![...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].some(e => e.innerText.includes('*'))", timeout, 1)
     time.sleep(1)  # the last outputs render
     return page.eval("""(() => {

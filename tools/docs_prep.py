@@ -301,6 +301,9 @@ def main():
     lib_mtime = max((p.stat().st_mtime for p in (ROOT / "megalodon_lit").rglob("*.py")), default=0)
     force = "--force" in sys.argv or not proc_dir.exists() or lib_mtime > proc_dir.stat().st_mtime
     proc = run_proc_nbs(force)
+    # Rewriting files in _proc/ leaves the folder's own mtime alone: stamp it, or every later
+    # build would count the package as newer and process all notebooks again.
+    proc.touch()
     from nbdev.config import get_config, nbpath2html
 
     sources = source_index()
