@@ -377,5 +377,5 @@ def main(argv: list[str] | None = None) -> None:
         dist.destroy_process_group()
 
 # %% ../nbs/13_chunk_parallel.ipynb #27f444d1
-# `python -m megalodon_lit.parallel` runs main(); a notebook kernel is also `__main__`, so skip it there.
-if __name__ == "__main__" and "ipykernel" not in sys.modules: main()
+# Run main() under `python -m megalodon_lit.parallel` (or torchrun -m) only: a notebook is `__main__` too, but has no module spec.
+if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", "") == "megalodon_lit.parallel": main()
