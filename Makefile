@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 ## setup: create .venv with the pinned toolchain and the package in editable mode
 setup: $(STAMP)
 
-## demo: the main job (for now: the three CEMA paths compared, timed and plotted)
+## demo: the main job: train a byte-level Megalodon on the Python stdlib source for a few minutes, check it learned, stream a sample
 demo: setup
 	$(BIN)/megalodon-lit demo --out demo_out
 

@@ -1,0 +1,170 @@
+"""Data edge cases, the training loop (loss falls, interrupt + resume == uninterrupted, checkpoints refuse
+other configurations) and the `megalodon-lit` command (every subcommand, through the installed entry point)."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+
+from megalodon_lit.data import (batch_at, check_fits, corpus_files, decode, encode, eval_windows, read_corpus,
+                                unigram_entropy)
+from megalodon_lit.model import MegalodonConfig
+from megalodon_lit.train import TrainConfig, load_checkpoint, lr_at, train
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [str(Path(sys.executable).parent / "megalodon-lit")]
+NANO = MegalodonConfig.from_preset("nano")
+
+
+@pytest.fixture(scope="module")
+def text_corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    src = Path(json.__file__).parent  # the json package's source: real text, ~60 KB
+    for f in sorted(src.glob("*.py")): (d / f.name).write_bytes(f.read_bytes())
+    return d
+
+
+def test_encode_decode_round_trip():
+    s = "Megalodon — ∞ context, 東京\n"
+    assert decode(encode(s)) == s and encode(s).max() < 256
+    assert decode([0xE2, 0x88]) == "\ufffd"  # a cut UTF-8 sequence becomes U+FFFD, not an exception
+
+
+def test_corpus_sources(tmp_path, text_corpus):
+    with pytest.raises(FileNotFoundError, match="no such file"): read_corpus(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="contains no files"): read_corpus(tmp_path)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="is empty"): read_corpus(tmp_path)
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01\x02" * 100)
+    with pytest.raises(ValueError, match="is empty"): read_corpus(tmp_path)  # binary files are skipped
+    (tmp_path / "a.txt").write_text("hello")
+    assert decode(read_corpus(tmp_path).data) == "hello"
+    assert read_corpus(str(text_corpus / "*.py")).files == len(list(text_corpus.glob("*.py")))
+    c = read_corpus(text_corpus, max_bytes=1000)
+    assert len(c) == 1000
+    d = read_corpus(None, max_bytes=200_000)  # the default: this Python's own standard library source
+    assert len(d) == 200_000 and d.files >= 1 and all(p.suffix == ".py" for p in corpus_files(None)[:20])
+    with pytest.raises(ValueError, match="val_fraction"): c.split(1.5)
+
+
+def test_unigram_entropy_values():
+    assert unigram_entropy(torch.arange(256, dtype=torch.uint8)) == pytest.approx(8.0)
+    assert unigram_entropy(encode("aaaa")) == pytest.approx(0.0)
+    assert unigram_entropy(encode("abab")) == pytest.approx(1.0)
+
+
+def test_batches_are_a_function_of_the_step(text_corpus):
+    data = read_corpus(text_corpus).data
+    a, b = batch_at(data, 5, 4, 32, seed=1), batch_at(data, 5, 4, 32, seed=1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[0][:, 1:], a[1][:, :-1])
+    assert not torch.equal(a[0], batch_at(data, 6, 4, 32, seed=1)[0])
+    wins = eval_windows(data, 4, 32, 3)
+    assert len(wins) == 3 and wins[0][0].shape == (4, 32)
+    with pytest.raises(ValueError, match="fewer than one batch"): check_fits(data[:100], 4, 32)
+    with pytest.raises(ValueError, match="fewer than one batch"): batch_at(data[:10], 0, 1, 32)
+
+
+def test_schedule():
+    tc = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    lrs = [lr_at(s, tc) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
+    assert all(x >= y for x, y in zip(lrs[9:], lrs[10:]))
+    with pytest.raises(ValueError, match="steps"): TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="autocast"): TrainConfig(autocast="fp16")
+
+
+def test_fixed_seed_loss_decreases(tmp_path, text_corpus):
+    tc = TrainConfig(steps=40, batch_size=8, seq_len=64, lr=5e-3, warmup=5, eval_every=10, save_every=100)
+    res = train(NANO, tc, text_corpus, out=tmp_path, progress=False)
+    h = res.history
+    assert h["step"] == list(range(1, 41)) and len(h["val_loss"]) == 4
+    assert sum(h["loss"][-5:]) / 5 < sum(h["loss"][:5]) / 5 - 1.0
+    assert h["val_loss"][-1] < h["val_loss"][0]
+
+
+def test_interrupt_and_resume_give_the_same_curve(tmp_path, text_corpus):
+    tc = TrainConfig(steps=24, batch_size=4, seq_len=48, lr=5e-3, warmup=4, eval_every=6, save_every=10, grad_accum=2)
+    whole = train(NANO, tc, text_corpus, out=tmp_path / "a", progress=False).history
+
+    def stop(done, hist):
+        if done == 13: raise KeyboardInterrupt
+    first = train(NANO, tc, text_corpus, out=tmp_path / "b", progress=False, callback=stop, log=lambda s: None)
+    assert first.interrupted and first.history["step"][-1] == 13
+    assert json.loads((tmp_path / "b" / "checkpoint" / "trainer.json").read_text())["step"] == 13
+    again = train(None, tc, text_corpus, out=tmp_path / "b", resume=True, progress=False).history
+    assert again["step"] == whole["step"] and again["loss"] == whole["loss"] and again["val_loss"] == whole["val_loss"]
+
+
+def test_checkpoint_checks(tmp_path, text_corpus):
+    tc = TrainConfig(steps=2, batch_size=2, seq_len=32, eval_every=1)
+    train(NANO, tc, text_corpus, out=tmp_path, progress=False)
+    with pytest.raises(FileExistsError, match="resume"): train(NANO, tc, text_corpus, out=tmp_path, progress=False)
+    other = MegalodonConfig.from_preset("nano", attention_chunks=2)
+    with pytest.raises(ValueError, match="attention_chunks: checkpoint 1 vs requested 2"):
+        train(other, tc, text_corpus, out=tmp_path, resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"): train(NANO, tc, text_corpus, out=tmp_path / "x", resume=True, progress=False)
+    (tmp_path / "checkpoint" / "optimizer.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="optimizer.safetensors is missing"): load_checkpoint(tmp_path / "checkpoint")
+    small = tmp_path / "small.txt"; small.write_text("x" * 300)
+    with pytest.raises(ValueError, match="fewer than one batch"): train(NANO, TrainConfig(batch_size=8, seq_len=64), small, out=tmp_path / "s", progress=False)
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("cmd", [[], ["demo"], ["train"], ["generate"], ["verify"], ["bench"], ["info"]])
+def test_cli_help(cmd):
+    r = run_cli(*cmd, "--help")
+    assert r.returncode == 0 and "usage: megalodon-lit" in r.stdout, r.stderr
+
+
+def test_cli_train_resume_generate_info(tmp_path, text_corpus):
+    common = ["--preset", "nano", "--corpus", str(text_corpus), "--out", str(tmp_path / "run"), "--batch-size", "4",
+              "--seq-len", "48", "--eval-every", "4", "--no-progress"]
+    r = run_cli("train", *common, "--steps", "6")
+    assert r.returncode == 0 and "steps 6/6" in r.stdout, r.stderr
+    r = run_cli("train", *common, "--steps", "6")
+    assert r.returncode == 2 and "--resume" in r.stderr  # refuses to overwrite a run
+    r = run_cli("train", "--corpus", str(text_corpus), "--out", str(tmp_path / "run"), "--steps", "10", "--resume", "--no-progress",
+                "--batch-size", "4", "--seq-len", "48", "--eval-every", "4")  # no --preset: the checkpoint's configuration
+    assert r.returncode == 0 and "steps 10/10" in r.stdout, r.stderr
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 0
+    r = run_cli("generate", str(tmp_path / "run"), "--prompt", "def ", "--max-new-tokens", "30", "--temperature", "0")
+    assert r.returncode == 0 and r.stdout.startswith("def ") and len(r.stdout.encode()) >= 4 + 20, r.stderr
+    r = run_cli("info", "--checkpoint", str(tmp_path / "run"))
+    assert r.returncode == 0 and "total" in r.stdout and "streaming cache per sequence" in r.stdout
+    r = run_cli("info", "--preset", "mega7.1B")
+    assert r.returncode == 0 and "7,117,381,632" in r.stdout
+    r = run_cli("generate", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "holds no checkpoint" in r.stderr
+
+
+def test_cli_ctrl_c_saves_and_resumes(tmp_path, text_corpus):
+    "A real SIGINT during `megalodon-lit train`: exit status 130, a checkpoint, and --resume finishes the run."
+    out = tmp_path / "run"
+    args = ["--preset", "nano", "--corpus", str(text_corpus), "--out", str(out), "--batch-size", "4", "--seq-len", "48",
+            "--eval-every", "50", "--save-every", "1", "--no-progress"]
+    p = subprocess.Popen(CLI + ["train", *args, "--steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 240
+    while not (out / "checkpoint" / "trainer.json").exists() and time.time() < deadline and p.poll() is None: time.sleep(0.2)
+    assert p.poll() is None, p.communicate()
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130, (stdout, stderr)
+    done = json.loads((out / "checkpoint" / "trainer.json").read_text())["step"]
+    assert done >= 1 and "resumable checkpoint" in stdout
+    r = run_cli("train", *args, "--steps", str(done + 3), "--resume")
+    assert r.returncode == 0 and f"steps {done + 3}/{done + 3}" in r.stdout, r.stderr
+
+
+def test_cli_verify_and_bench():
+    r = run_cli("verify")
+    assert r.returncode == 0 and "all paths agree" in r.stdout, r.stdout + r.stderr
+    assert "cema chunked float32" in r.stdout and "model streamed" in r.stdout
+    r = run_cli("bench", "--quick")
+    assert r.returncode == 0 and "decode" in r.stdout and "chunked" in r.stdout, r.stderr
