@@ -168,3 +168,16 @@ def test_cli_verify_and_bench():
     assert "cema chunked float32" in r.stdout and "model streamed" in r.stdout
     r = run_cli("bench", "--quick")
     assert r.returncode == 0 and "decode" in r.stdout and "chunked" in r.stdout, r.stderr
+
+
+def test_cli_train_chunk_parallel_under_torchrun(tmp_path, text_corpus):
+    "`megalodon-lit train --chunk-parallel 2` launched by torchrun: two gloo processes share each sequence."
+    corpus = text_corpus / "decoder.py"
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    r = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", CLI[0], "train", "--chunk-parallel", "2", "--preset", "nano",
+                        "--corpus", str(corpus), "--steps", "3", "--seq-len", "64", "--batch-size", "2"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0 and "chunk-parallel training done: 3 steps" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "cp=2" in r.stdout
+    r = run_cli("train", "--chunk-parallel", "2", "--steps", "1")
+    assert r.returncode == 2 and "torchrun" in r.stderr
