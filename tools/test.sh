@@ -19,7 +19,8 @@ python -m pytest tests/ -n 2 -q -p no:cacheprovider --ignore=tests/test_site_bro
 
 step "4/6 nbval --nbval-lax on the notebooks"
 python tools/nbval_prep.py build/nbval
-python -m pytest --nbval-lax build/nbval -q -p no:cacheprovider
+# one notebook per worker (--dist loadfile keeps a notebook's cells, and so its kernel, together)
+python -m pytest --nbval-lax build/nbval -q -p no:cacheprovider -n 2 --dist loadfile
 
 step "5/6 documentation site: sphinx-build -W (warnings are errors), README.md from nbs/index.ipynb"
 bash tools/docs.sh
