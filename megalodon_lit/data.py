@@ -89,7 +89,7 @@ def unigram_entropy(data: Tensor, # [n] byte values
     "Entropy of the byte frequencies of `data`: the loss of the best context-free predictor."
     counts = torch.bincount(data.long().flatten(), minlength=VOCAB_SIZE).double()
     p = counts[counts > 0] / counts.sum()
-    return float(-(p * p.log2()).sum())
+    return float(-(p * p.log2()).sum()) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 def bits_per_byte(loss_nats: float) -> float: return loss_nats / math.log(2)
 

@@ -156,7 +156,7 @@ def train(model_config: MegalodonConfig | None, # None: take it from the checkpo
           log: Callable[[str], None] = print,
          ) -> TrainResult:
     "Train (or resume training) a byte-level Megalodon on a corpus, with evaluation, checkpoints and Ctrl-C safety."
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the text bar: works in terminals and notebooks alike (tqdm.auto wants ipywidgets)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     corpus = corpus if isinstance(corpus, Corpus) else read_corpus(corpus)
     train_bytes, val_bytes = corpus.split(tc.val_fraction)
