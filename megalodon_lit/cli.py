@@ -146,36 +146,36 @@ def info_text(config: MegalodonConfig, name: str = "") -> str:
 
 # %% ../nbs/90_cli.ipynb #e230d054
 def _seconds_per_step(config: MegalodonConfig, tc: TrainConfig, probe_steps: int) -> float:
+    "Seconds per optimiser step of `tc`'s shape, after one warm-up step."
     model = MegalodonForCausalLM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr)
     ids = torch.randint(0, config.vocab_size, (tc.batch_size, tc.seq_len))
     def step():
+        t0 = time.perf_counter()
         for _ in range(tc.grad_accum): model(ids, labels=ids).loss.backward()
         opt.step(); opt.zero_grad()
-    step()  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(probe_steps): step()
-    return (time.perf_counter() - t0) / probe_steps
+        return time.perf_counter() - t0
+    step()
+    return sum(step() for _ in range(probe_steps)) / probe_steps
 
 def plan_steps(config: MegalodonConfig, tc: TrainConfig, seconds: float, probe_steps: int = 2) -> int:
-    "Pick the faster thread count here (1 or all cores), then how many optimiser steps fit in `seconds` (measured on a throwaway model)."
-    # On a busy machine two OpenMP threads on two cores can be 10x slower than one (each waits for the other to be scheduled).
-    timings = {}
-    for n in sorted({1, torch.get_num_threads()}):
-        torch.set_num_threads(n)
-        timings[n] = _seconds_per_step(config, tc, probe_steps)
-    best = min(timings, key=timings.get)
-    torch.set_num_threads(best)
-    return max(10, int(seconds / (timings[best] * 1.1)))  # 10% for evaluation, checkpoints and noise
+    "How many optimiser steps fit in `seconds` here (measured on a quarter-size batch, with the current thread count)."
+    probe = replace(tc, batch_size=max(1, tc.batch_size // 4))
+    per_step = tc.batch_size / probe.batch_size * _seconds_per_step(config, probe, probe_steps)
+    return max(10, int(seconds / (per_step * 1.1)))  # 10% for evaluation, checkpoints and noise
 
 def run_demo(out: str | Path = "demo_out", # folder for the checkpoint, the loss plot and the JSON record
-             minutes: float = 4.0, # training time budget
+             minutes: float = 3.5, # training time budget
              preset: str = "tiny", # model preset
              max_bytes: int = 8_000_000, # corpus bytes to read
              seed: int = 0,
              progress: bool = True,
+             threads: int = 1, # CPU threads (see below)
             ) -> dict:
     "Train a byte-level Megalodon on the standard library's source for a time budget, check it learned, sample from it."
+    # One thread by default: on a shared two-core machine, two OpenMP threads were measured 10-100x slower than one
+    # (each waits for the other to be scheduled). On an idle machine, --threads 2 trains more steps in the same time.
+    torch.set_num_threads(threads)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     print(f"megalodon-lit {__version__}, torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads")
@@ -191,7 +191,7 @@ def run_demo(out: str | Path = "demo_out", # folder for the checkpoint, the loss
     steps = plan_steps(config, tc, 60 * minutes)
     tc = replace(tc, steps=steps, eval_every=max(1, steps // 12))
     print(f"model: {preset}, {MegalodonForCausalLM(config).num_parameters():,} parameters; {steps} steps of "
-          f"{tc.batch_size}×{tc.seq_len} bytes fit the {minutes:g}-minute budget here ({torch.get_num_threads()} thread(s))")
+          f"{tc.batch_size}×{tc.seq_len} bytes fit the {minutes:.3g}-minute budget here ({torch.get_num_threads()} thread(s))")
     res = train(config, tc, corpus, out=out / "run", overwrite=True, progress=progress)
     val_bits = bits_per_byte(res.history["val_loss"][-1])
     print(f"\nheld-out loss: {val_bits:.3f} bits/byte against a unigram entropy of {H:.3f}: {H - val_bits:.2f} bits/byte below it "
@@ -218,9 +218,10 @@ def _parser() -> argparse.ArgumentParser:
                        description="Train a small byte-level Megalodon on this Python's standard-library source for a time budget, "
                                    "compare its held-out loss with the byte unigram entropy, save checkpoint and loss curve, stream a sample.")
     d.add_argument("--out", default="demo_out", help="output folder (default: demo_out; its previous demo run is replaced)")
-    d.add_argument("--minutes", type=float, default=4.0, help="training time budget in minutes (default: 4)")
+    d.add_argument("--minutes", type=float, default=3.5, help="training time budget in minutes (default: 3.5)")
     d.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset (default: tiny)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1, robust on a busy machine; 2 on an idle one trains more steps)")
     t = sub.add_parser("train", help="train a byte-level model on a corpus (Ctrl-C saves a resumable checkpoint)",
                        description="Train a byte-level Megalodon. The corpus is a file, a directory or a glob; by default the Python standard "
                                    "library's source. Checkpoints go to OUT/checkpoint; --resume continues one exactly.")
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     a = ap.parse_args(argv)
     try:
-        if a.command == "demo": run_demo(a.out, a.minutes, a.preset, seed=a.seed)
+        if a.command == "demo": run_demo(a.out, a.minutes, a.preset, seed=a.seed, threads=a.threads)
         elif a.command == "train": return _cmd_train(a)
         elif a.command == "generate": return _cmd_generate(a)
         elif a.command == "verify":
