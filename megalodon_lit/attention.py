@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import resolve_backend
+from .core import resolve_backend, working_dtype
 
 # %% auto #0
 __all__ = ['NormalizedQK', 'rope_freqs', 'rope_angles', 'apply_rope', 'attention_mask', 'attention_ref', 'attention_chunked',
@@ -71,7 +71,7 @@ def apply_rope(x: Tensor, # [B, L, H, dz] queries or keys
     B, L, H, dz = x.shape
     if isinstance(positions, int): positions = torch.arange(positions, positions + L, device=x.device)
     if positions.shape != (L,): raise ValueError(f"positions must have shape [{L}], got {tuple(positions.shape)}")
-    wdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    wdt = working_dtype(x)
     ang = rope_angles(positions, dz, base)[:, None, :]  # [L, 1, dz/2]
     cos, sin = ang.cos().to(wdt), ang.sin().to(wdt)
     x0, x1 = x.to(wdt).view(B, L, H, dz // 2, 2).unbind(-1)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import resolve_backend
+from .core import resolve_backend, working_dtype
 from .cema import ComplexEMA, cema_coeffs, cema_recurrent
 from .timestep_norm import TimestepNorm, timestep_norm_ref
 from .attention import NormalizedQK, KVCache, apply_rope, attention, attention_ref, attention_step
@@ -24,8 +24,6 @@ __all__ = ['INIT_MODES', 'RMSNorm', 'OffsetLayerNorm', 'init_weight_', 'linear',
            'NormalizedFFN', 'MegalodonBlock', 'mega_layer_ref']
 
 # %% ../nbs/05_block.ipynb #38ffd830
-def _wide(x: Tensor) -> torch.dtype: return torch.float64 if x.dtype == torch.float64 else torch.float32
-
 class RMSNorm(nn.Module):
     "RMS norm over the last dimension in float32 (float64 for float64 input); scale stored as an offset from 1."
     def __init__(self, dim: int, # normalised width
@@ -37,7 +35,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim)) if affine else None
 
     def forward(self, x: Tensor) -> Tensor: # [..., dim] → same shape and dtype
-        xw = x.to(_wide(x))
+        xw = x.to(working_dtype(x))
         y = xw * torch.rsqrt(xw.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.weight is not None: y = y * (self.weight + 1.0).to(y.dtype)
         return y.to(x.dtype)
@@ -54,7 +52,7 @@ class OffsetLayerNorm(nn.Module):
         self.weight, self.bias = nn.Parameter(torch.zeros(dim)), nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: Tensor) -> Tensor: # [..., dim] → same shape and dtype
-        wdt = _wide(x)
+        wdt = working_dtype(x)
         return F.layer_norm(x.to(wdt), (self.dim,), (self.weight + 1.0).to(wdt), self.bias.to(wdt), self.eps).to(x.dtype)
 
     def extra_repr(self) -> str: return f"{self.dim}, eps={self.eps}"
@@ -231,7 +229,7 @@ def mega_layer_ref(layer: MegalodonLayer, # its parameters are read, its forward
     "The layer by its definition (upstream-spec §3.2), with the reference form of every op."
     B, L, D = x.shape
     H, dz, dv, tn = layer.H, layer.Z // layer.H, layer.E // layer.H, layer.timenorm
-    wdt = _wide(x)
+    wdt = working_dtype(x)
     count, mean, var = tn.prior_state(B)
     out_tsn = timestep_norm_ref(x, tn.weight, tn.bias, count, mean, var, tn.num_groups, tn.eps)[0]
     p, q, g = cema_coeffs(layer.cema.alpha, layer.cema.delta, layer.cema.theta, layer.cema.gamma)

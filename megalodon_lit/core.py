@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['BACKENDS', 'rel_err', 'assert_close', 'ErrorTable', 'check_finite', 'check_shape', 'triton_available',
-           'triton_interpreting', 'resolve_backend', 'default_device', 'seed_everything', 'median_time',
-           'set_plot_style']
+__all__ = ['BACKENDS', 'rel_err', 'assert_close', 'ErrorTable', 'check_finite', 'working_dtype', 'check_shape',
+           'triton_available', 'triton_interpreting', 'resolve_backend', 'default_device', 'seed_everything',
+           'median_time', 'set_plot_style']
 
 # %% ../nbs/00_core.ipynb #ea5a020d
 def rel_err(actual: Tensor, # the tensor under test
@@ -73,6 +73,10 @@ class ErrorTable:
 def check_finite(name: str, t: Tensor) -> None:
     "Raise a `ValueError` naming `name` if `t` has a nan or an inf."
     if not torch.isfinite(t).all(): raise ValueError(f"{name} has non-finite values (nan or inf)")
+
+def working_dtype(t: Tensor) -> torch.dtype:
+    "The dtype to compute in for input `t`: float64 stays float64, everything else (float32, bfloat16) works in float32."
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 def check_shape(name: str, t: Tensor, shape: tuple) -> None:
     "Raise a `ValueError` naming `name` unless `t.shape` matches `shape` (None entries match anything)."

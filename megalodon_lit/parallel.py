@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import rel_err
+from .core import rel_err, working_dtype
 from .attention import KVCache
 from .block import LayerState, MegalodonLayer
 from .model import MegalodonConfig, MegalodonForCausalLM
@@ -29,8 +29,6 @@ __all__ = ['kv_handoff', 'handoff_numel', 'pack_state', 'unpack_state', 'ChunkGr
            'default_text', 'init_distributed', 'chunk_parallel_train', 'parity_check', 'main']
 
 # %% ../nbs/13_chunk_parallel.ipynb #66c6e106
-def _wide(dtype: torch.dtype) -> torch.dtype: return torch.float64 if dtype == torch.float64 else torch.float32
-
 def kv_handoff(start: int, # position of the receiver's first token
                chunk_size: int, # C
                attention_chunks: int, # W
@@ -51,7 +49,7 @@ def pack_state(state: LayerState, # the sender's state after its last token
               ) -> Tensor: # [B, handoff_numel] in float32 (float64 for a float64 model)
     "Flatten what the next rank needs into one real buffer: mean, var, view_as_real(CEMA state), the visible keys and values."
     _, mean, var = state.norm
-    wdt, B, n = _wide(mean.dtype), mean.shape[0], kv_handoff(end, layer.C, layer.W)
+    wdt, B, n = working_dtype(mean), mean.shape[0], kv_handoff(end, layer.C, layer.W)
     parts = [mean, var, torch.view_as_real(state.cema)] + ([state.kv.k[:, -n:], state.kv.v[:, -n:]] if n else [])
     return torch.cat([p.reshape(B, -1).to(wdt) for p in parts], 1)
 
@@ -137,7 +135,7 @@ class SendNext(torch.autograd.Function):
 def _final_handoff(x: Tensor, model: MegalodonForCausalLM, cg: ChunkGroup, start: int, end: int) -> Tensor:
     "The final TimestepNorm with its (mean, var) received from r − 1 and sent on to r + 1."
     norm, B = model.output.final_norm, x.shape[0]
-    G, wdt = norm.num_groups, _wide(x.dtype)
+    G, wdt = norm.num_groups, working_dtype(x)
     state = None
     if not cg.first:
         buf = RecvPrev.apply(x, (B, 2 * G), wdt, cg, "the final-norm state")
@@ -157,7 +155,7 @@ def chunk_parallel_logits(model: MegalodonForCausalLM, # the same weights on eve
     x = model.embed(input_ids)
     if c.scale_emb: x = x * math.sqrt(c.model_dim)
     x = F.dropout(x, c.dropout, model.training)
-    wdt = _wide(x.dtype)
+    wdt = working_dtype(x)
     for i, block in enumerate(model.layers):
         state = None
         if not cg.first:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .core import resolve_backend, check_shape, check_finite
+from .core import resolve_backend, check_shape, check_finite, working_dtype
 
 # %% auto #0
 __all__ = ['timestep_norm_ref', 'timestep_norm', 'TimestepNorm']
@@ -35,7 +35,7 @@ def _tsn_inputs(x: Tensor, weight: Tensor, bias: Tensor, count: Tensor, mean: Te
     if padding_mask is not None:
         check_shape("padding_mask", padding_mask, (B, L))
         if padding_mask.dtype != torch.bool: raise TypeError(f"padding_mask must be bool (True = padded), got {padding_mask.dtype}")
-    return B, L, D, G, (torch.float64 if x.dtype == torch.float64 else torch.float32)
+    return B, L, D, G, working_dtype(x)
 
 def _step_moments(xw: Tensor, G: int) -> tuple[Tensor, Tensor]: # xw [B, L, D] -> mu, s2 [B, L, G]
     "Per-step group mean and population variance (two-pass, as the reference kernel)."
