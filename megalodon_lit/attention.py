@@ -182,11 +182,18 @@ def attention(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
               attention_chunks: int = 1, # W (1 = upstream)
               dropout: float = 0.0, # attention dropout probability (apply only when training)
               dropkey: bool = False, # DropKey instead of post-softmax dropout
-              backend: str = "auto", # "ref", "torch" or "auto"
+              backend: str = "auto", # "ref", "torch", "triton" (kernel, nb 12) or "auto"
              ) -> Tensor: # [B, L, H, dv]
     "Chunked (multi-chunk) causal attention through the chosen backend."
-    fn = {"ref": attention_ref, "torch": attention_chunked}[resolve_backend(backend, q, k, v, available=("ref", "torch"))]
-    return fn(q, k, v, chunk_size, attention_chunks, dropout, dropkey)
+    # The kernel implements DropKey only; with upstream's post-softmax dropout "auto" stays on the PyTorch path.
+    kernel_ok = not (dropout > 0 and not dropkey)
+    path = resolve_backend(backend, q, k, v, available=("ref", "torch", "triton") if kernel_ok or backend == "triton" else ("ref", "torch"))
+    with torch.profiler.record_function("megalodon.attention"):
+        if path == "triton":
+            from megalodon_lit.ops.attention import attention_triton  # imported on use: needs triton
+            return attention_triton(q, k, v, chunk_size, attention_chunks, dropout, dropkey)
+        fn = attention_ref if path == "ref" else attention_chunked
+        return fn(q, k, v, chunk_size, attention_chunks, dropout, dropkey)
 
 # %% ../nbs/04_attention.ipynb #fe7ca06e
 @dataclass

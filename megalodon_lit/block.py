@@ -130,11 +130,11 @@ class MegalodonLayer(nn.Module):
                  hidden_dropout: float = 0.0, # on mx and on attn·r
                  dropkey: bool = False, # DropKey instead of post-softmax dropout
                  init_mode: str = "he", # linear init (see `INIT_MODES`)
-                 backend: str = "auto", # "ref", "torch" or "auto" for every op of the layer
+                 backend: str = "auto", # "ref", "torch", "triton" or "auto" for every op of the layer
                 ):
         super().__init__()
         if z_dim % num_heads or value_dim % num_heads: raise ValueError(f"z_dim ({z_dim}) and value_dim ({value_dim}) must be divisible by num_heads ({num_heads})")
-        resolve_backend(backend)
+        resolve_backend(backend, available=("ref", "torch", "triton"))
         self.D, self.Z, self.E, self.H, self.C, self.W = model_dim, z_dim, value_dim, num_heads, chunk_size, attention_chunks
         self.rope_base, self.backend, self.dropkey = rope_base, backend, dropkey
         self.p_drop, self.p_attn, self.p_hidden = dropout, attention_dropout, hidden_dropout

@@ -153,13 +153,18 @@ def cema_chunked(x: Tensor, # [B, D, L] real input
 def cema(x: Tensor, # [B, D, L] real input
          p: Tensor, q: Tensor, g: Tensor, # [D, N] coefficients from `cema_coeffs`
          h0: Tensor | None = None, # [B, D, N] complex initial state
-         backend: str = "auto", # "ref" (recurrence), "torch" (chunked scan) or "auto"
-         chunk_size: int = 64, # chunk length of the chunked scan
+         backend: str = "auto", # "ref" (recurrence), "torch" (chunked scan), "triton" (kernels, nb 10) or "auto"
+         chunk_size: int = 64, # chunk length of the chunked scan (the Triton kernel picks its own)
         ) -> tuple[Tensor, Tensor]: # y [B, D, L], h [B, D, N]
     "CEMA through the path `backend` selects (no ω term)."
-    path = resolve_backend(backend, x, h0, available=("ref", "torch"))
-    if path == "ref": return cema_recurrent(x, p, q, g, h0)
-    return cema_chunked(x, p, q, g, h0, chunk_size=chunk_size)
+    path = resolve_backend(backend, x, h0, available=("ref", "torch", "triton"))
+    # The label lets a profiler attribute time to CEMA whichever path runs (see the benchmarks notebook).
+    with torch.profiler.record_function("megalodon.cema"):
+        if path == "ref": return cema_recurrent(x, p, q, g, h0)
+        if path == "triton":
+            from megalodon_lit.ops.cema import cema_triton  # imported on use: needs triton
+            return cema_triton(x, p, q, g, h0)
+        return cema_chunked(x, p, q, g, h0, chunk_size=chunk_size)
 
 # %% ../nbs/02_cema_paths.ipynb #81ef780e
 class ComplexEMA(CEMAParameters):
@@ -167,12 +172,12 @@ class ComplexEMA(CEMAParameters):
     def __init__(self,
                  embed_dim: int, # model width D
                  ndim: int = 16, # complex states per channel N
-                 backend: str = "auto", # default path: "ref", "torch" or "auto"
+                 backend: str = "auto", # default path: "ref", "torch", "triton" or "auto"
                  chunk_size: int = 64, # chunk length T of the chunked scan
                 ):
         super().__init__(embed_dim, ndim)
         if not isinstance(chunk_size, int) or chunk_size < 1: raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-        resolve_backend(backend, available=("ref", "torch"))
+        resolve_backend(backend, available=("ref", "torch", "triton"))
         self.backend, self.chunk_size = backend, chunk_size
 
     def forward(self,

@@ -106,7 +106,8 @@ def resolve_backend(backend: str, # one of `BACKENDS`
     if backend not in BACKENDS: raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     on_cuda = any(t is not None and t.is_cuda for t in tensors)
     if backend == "auto":
-        return "triton" if on_cuda and "triton" in available and triton_available() else "torch"
+        wide = any(t is not None and t.dtype in (torch.float64, torch.complex128) for t in tensors)
+        return "triton" if on_cuda and not wide and "triton" in available and triton_available() else "torch"
     if backend not in available:
         raise NotImplementedError(f"backend {backend!r} is not available for this operation; it has {tuple(available)}")
     if backend == "triton" and not (on_cuda or triton_interpreting()):

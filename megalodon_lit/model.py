@@ -53,7 +53,7 @@ class MegalodonConfig:
     init_mode: str = "he" # one of INIT_MODES
     attention_chunks: int = 1 # W (ours; 1 = upstream)
     dropkey: bool = False # DropKey attention dropout (ours; upstream's fused path)
-    backend: str = "auto" # "ref", "torch" or "auto" (ours)
+    backend: str = "auto" # "ref", "torch", "triton" or "auto" (ours; "auto" = Triton kernels on CUDA, PyTorch elsewhere)
 
     def __post_init__(self): self.validate()
 

@@ -115,12 +115,16 @@ def timestep_norm(x: Tensor, # [B, L, D] input
                   num_groups: int, # G, divides D
                   eps: float = 1e-5, # added to the variance before the square root
                   padding_mask: Tensor | None = None, # [B, L] bool, True = padded step
-                  backend: str = "auto", # "ref" (the loop), "torch" (vectorised) or "auto"
+                  backend: str = "auto", # "ref" (the loop), "torch" (vectorised), "triton" (kernels, nb 11) or "auto"
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]: # y [B, L, D] (x dtype), count [B] int64, mean, var [B, G] (x dtype)
     "TimestepNorm, vectorised over time with centred cumulative moments (or the loop with backend='ref')."
-    path = resolve_backend(backend, x, available=("ref", "torch"))
-    if path == "ref": return timestep_norm_ref(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
-    return _tsn_torch(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
+    path = resolve_backend(backend, x, available=("ref", "torch", "triton"))
+    with torch.profiler.record_function("megalodon.timestep_norm"):
+        if path == "ref": return timestep_norm_ref(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
+        if path == "triton":
+            from megalodon_lit.ops.timestep_norm import timestep_norm_triton  # imported on use: needs triton
+            return timestep_norm_triton(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
+        return _tsn_torch(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
 
 # %% ../nbs/03_timestep_norm.ipynb #fab7c703
 class TimestepNorm(nn.Module):
