@@ -34,9 +34,12 @@ lab: setup
 docs: setup
 	bash tools/docs.sh
 
-## gpu: the GPU-flagged notebook cells (needs a CUDA device)
+## gpu: on a CUDA machine: verify the kernels, run the kernel and benchmark notebooks with their gpu cells (outputs kept), results in kernels/results/<gpu>/
 gpu: setup
-	$(BIN)/nbdev-test --flags gpu --n-workers 1
+	$(BIN)/megalodon-lit verify
+	$(BIN)/python tools/run_nb.py --flags gpu nbs/10_triton_cema.ipynb nbs/11_triton_timestep_norm.ipynb nbs/12_triton_attention.ipynb nbs/20_benchmarks.ipynb
+	$(BIN)/nbdev-clean
+	@echo "GPU outputs are in the notebooks and kernels/results/; commit both"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -18,8 +18,8 @@ from .cema_params import cema_coeffs, cema_powers, cema_kernel, theta_ladder, CE
 _all_ = ["cema_coeffs", "cema_powers", "cema_kernel", "theta_ladder", "CEMAParameters"]
 
 # %% auto #0
-__all__ = ['cema_recurrent', 'cema_bias', 'cema_last_state', 'cema_fft', 'cema_chunked', 'cema', 'ComplexEMA', 'cema_coeffs',
-           'cema_powers', 'cema_kernel', 'theta_ladder', 'CEMAParameters']
+__all__ = ['SHORT_STEPS', 'cema_recurrent', 'cema_bias', 'cema_last_state', 'cema_fft', 'cema_chunked', 'cema', 'ComplexEMA',
+           'cema_coeffs', 'cema_powers', 'cema_kernel', 'theta_ladder', 'CEMAParameters']
 
 # %% ../nbs/02_cema_paths.ipynb #f2d47ae4
 def _cema_inputs(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None):
@@ -150,6 +150,8 @@ def cema_chunked(x: Tensor, # [B, D, L] real input
     return y.reshape(B, D, nc * T)[..., :L].to(x.dtype), h
 
 # %% ../nbs/02_cema_paths.ipynb #eb9f46cb
+SHORT_STEPS = 16  # up to this many steps the "torch" path runs the recurrence (measured in "Short inputs" below)
+
 def cema(x: Tensor, # [B, D, L] real input
          p: Tensor, q: Tensor, g: Tensor, # [D, N] coefficients from `cema_coeffs`
          h0: Tensor | None = None, # [B, D, N] complex initial state
@@ -160,7 +162,8 @@ def cema(x: Tensor, # [B, D, L] real input
     path = resolve_backend(backend, x, h0, available=("ref", "torch", "triton"))
     # The label lets a profiler attribute time to CEMA whichever path runs (see the benchmarks notebook).
     with torch.profiler.record_function("megalodon.cema"):
-        if path == "ref": return cema_recurrent(x, p, q, g, h0)
+        # A few steps (a decode step is one) cost less as the recurrence than building the chunked scan's tables.
+        if path == "ref" or (path == "torch" and x.shape[-1] <= SHORT_STEPS): return cema_recurrent(x, p, q, g, h0)
         if path == "triton":
             from megalodon_lit.ops.cema import cema_triton  # imported on use: needs triton
             return cema_triton(x, p, q, g, h0)

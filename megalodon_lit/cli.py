@@ -22,7 +22,9 @@ from .train import TrainConfig, plot_history, stream_sample, train
 __all__ = ['verify_all', 'bench_all', 'cache_nbytes', 'info_text', 'plan_steps', 'run_demo', 'main']
 
 # %% ../nbs/90_cli.ipynb #2f9f24c0
-def verify_all(seed: int = 0) -> ErrorTable:
+def verify_all(seed: int = 0, # random inputs
+               triton: bool | None = None, # add the Triton rows (None: when CUDA or the interpreter can run them)
+              ) -> ErrorTable:
     "Parity of every computation path available on this machine against its reference, as a checked table."
     from megalodon_lit.cema import CEMAParameters, cema_chunked, cema_fft, cema_recurrent
     from megalodon_lit.timestep_norm import timestep_norm
@@ -67,13 +69,56 @@ def verify_all(seed: int = 0) -> ErrorTable:
         for n in (1, 15, 3, 26):
             o = model(ids[:, i:i + n], cache=cache, use_cache=True); outs.append(o.logits); cache = o.cache; i += n
     tab.add("model streamed in pieces float32 logits", torch.cat(outs, 1), full, 1e-5)
+    if triton or (triton is None and _triton_where() is not None): _triton_rows(tab)
     return tab
 
+def _triton_where() -> str | None:
+    if not triton_available(): return None
+    return "CUDA" if torch.cuda.is_available() else ("the interpreter (TRITON_INTERPRET=1)" if triton_interpreting() else None)
+
 def _triton_line() -> str:
-    where = "CUDA" if torch.cuda.is_available() else ("the interpreter (TRITON_INTERPRET=1)" if triton_interpreting() else None)
     if not triton_available(): return "triton: not installed; Triton rows skipped"
-    if where is None: return "triton: no CUDA device and TRITON_INTERPRET is not set; Triton rows skipped"
-    return f"triton: available through {where}; this version has no Triton kernels yet, so there are no Triton rows"
+    if _triton_where() is None: return "triton: no CUDA device and TRITON_INTERPRET is not set; Triton rows skipped"
+    return f"triton: kernels checked through {_triton_where()}"
+
+def _flat(ts) -> Tensor:
+    "Tensors (complex ones as real pairs) as one float64 CPU vector."
+    return torch.cat([(torch.view_as_real(t) if t.is_complex() else t).detach().flatten().double().cpu() for t in ts])
+
+def _grads(outs, inputs: list[Tensor], seed: int = 1) -> Tensor:
+    "Gradients of a fixed random projection of `outs` with respect to `inputs`, as one float64 vector."
+    gen, loss = torch.Generator().manual_seed(seed), 0
+    for o in outs:
+        r = torch.view_as_real(o) if o.is_complex() else o
+        loss = loss + (r * torch.randn(r.shape, generator=gen, dtype=torch.float64).to(r)).sum()
+    return _flat(torch.autograd.grad(loss, inputs))
+
+def _leaves(ts, dtype_real: torch.dtype, device="cpu") -> list[Tensor]:
+    "Fresh leaf copies requiring gradients: real tensors in `dtype_real`, complex ones in the matching complex dtype."
+    cplx = torch.complex128 if dtype_real == torch.float64 else torch.complex64
+    return [t.detach().to(device, cplx if t.is_complex() else dtype_real).requires_grad_() for t in ts]
+
+def _triton_rows(tab: ErrorTable) -> None:
+    "The Triton kernels against the float64 references, outputs and input gradients (small shapes: the interpreter is slow)."
+    from megalodon_lit.cema import CEMAParameters, cema, cema_recurrent
+    from megalodon_lit.timestep_norm import timestep_norm
+    from megalodon_lit.attention import attention, attention_ref
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    def check(name, fn, ref, ts):
+        a, b = _leaves(ts, torch.float32, dev), _leaves(ts, torch.float64)
+        oa, ob = fn(*a), ref(*b)
+        tab.add(f"{name} triton float32 outputs", _flat(oa), _flat(ob), 1e-5)
+        tab.add(f"{name} triton float32 gradients", _grads(oa, a), _grads(ob, b), 1e-5)
+    p, q, g = (t.detach() for t in CEMAParameters(6, 4).coeffs())
+    check("cema", lambda *t: cema(*t, backend="triton"), lambda *t: cema_recurrent(*t),
+          [torch.randn(2, 6, 37), p, q, g, torch.randn(2, 6, 4, dtype=torch.complex64)])
+    count, pad = torch.tensor([0, 5, 2]), torch.zeros(3, 41, dtype=torch.bool); pad[1, 30:] = True
+    tsn = lambda backend: lambda x, w, b, m, v: [o for o in timestep_norm(x, w, b, count.to(x.device), m, v, 4, padding_mask=pad.to(x.device), backend=backend) if o.is_floating_point()]
+    check("timestep_norm", tsn("triton"), tsn("ref"),
+          [torch.randn(3, 41, 24) * 3 + 1, torch.randn(24) * 0.1, torch.randn(24) * 0.1, torch.randn(3, 4), torch.rand(3, 4) + 0.5])
+    for W in (1, 2):
+        check(f"attention W={W}", lambda *t: [attention(*t, 8, W, backend="triton")], lambda *t: [attention_ref(*t, 8, W)],
+              [torch.randn(2, 37, 3, 16), torch.randn(2, 37, 3, 16), torch.randn(2, 37, 3, 32)])
 
 # %% ../nbs/90_cli.ipynb #48e346ba
 def bench_all(device: str | None = None, # None: CUDA if present, else CPU
@@ -253,10 +298,15 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check every computation path on this machine against its reference",
                        description="Parity of CEMA, TimestepNorm, attention, the layer and the streamed model against their references; exit status 1 on failure.")
     v.add_argument("--seed", type=int, default=0)
-    b = sub.add_parser("bench", help="time the computation paths and the model on this machine (ratios)",
-                       description="Median times of reference and fast paths, model throughput and decode cost at two positions.")
+    b = sub.add_parser("bench", help="time the computation paths, training and decoding on this machine",
+                       description="paths: median times of reference and fast paths (ratios); train, decode, profile: the end-to-end "
+                                   "benchmarks of nbs/20_benchmarks (Megalodon with PyTorch paths and with kernels, and a same-size Transformer).")
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    b.add_argument("--quick", action="store_true", help="small sizes")
+    b.add_argument("--what", default="paths", help="comma-separated parts: paths, train, decode, profile (default: paths)")
+    b.add_argument("--size", default=None, choices=["cpu", "gpu"], help="size set for train/decode/profile (default: gpu on CUDA, else cpu)")
+    b.add_argument("--out", default=None, help="write the train/decode/profile results as JSON under OUT/<device>/end_to_end.json")
+    b.add_argument("--quick", action="store_true", help="small sizes for paths")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own choice; 1 is steadier on a busy machine)")
     i = sub.add_parser("info", help="configuration, parameter counts and cache size of a preset or checkpoint",
                        description="Print a model's configuration, its parameters by component and its streaming cache size.")
     i.add_argument("--preset", default=None, choices=sorted(PRESETS), help="a preset (default: tiny)")
@@ -300,6 +350,20 @@ def _cmd_train(a) -> int:
           f"(unigram entropy {res.unigram_bits:.3f}); checkpoint {res.out / 'checkpoint'}; loss curve {plot}")
     return 130 if res.interrupted and tc.max_minutes is None else 0  # 130: stopped by Ctrl-C (the checkpoint is saved)
 
+def _cmd_bench(a) -> int:
+    from megalodon_lit.bench import run_benchmarks, save_results
+    parts = [w.strip() for w in a.what.split(",") if w.strip()]
+    bad = sorted(set(parts) - {"paths", "train", "decode", "profile"})
+    if bad: raise ValueError(f"--what: unknown part(s) {bad}; choose from paths, train, decode, profile")
+    if a.threads is not None: torch.set_num_threads(a.threads)
+    if "paths" in parts: bench_all(a.device, a.quick)
+    rest = tuple(w for w in parts if w != "paths")
+    if rest:
+        dev = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        res = run_benchmarks(rest, a.size or ("gpu" if dev.startswith("cuda") else "cpu"), dev)
+        if a.out: print(f"results: {save_results(res, a.out)}")
+    return 0
+
 def _cmd_generate(a) -> int:
     model = MegalodonForCausalLM.from_pretrained(_checkpoint_dir(a.checkpoint), device=a.device).eval()
     prompt = a.prompt or "\n"
@@ -323,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             bad = [r for r in tab.rows if not r[1] <= r[2]]
             print("all paths agree with their references" if not bad else f"{len(bad)} row(s) FAILED")
             return 1 if bad else 0
-        elif a.command == "bench": bench_all(a.device, a.quick)
+        elif a.command == "bench": return _cmd_bench(a)
         elif a.command == "info":
             if a.checkpoint: d = _checkpoint_dir(a.checkpoint); cfg, name = MegalodonConfig.from_dict(json.loads((d / "config.json").read_text())), str(d)
             else: cfg, name = MegalodonConfig.from_preset(a.preset or "tiny"), a.preset or "tiny"
