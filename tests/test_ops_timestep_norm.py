@@ -2,7 +2,9 @@
 outputs, returned state and gradients (x, weight, bias, incoming mean and var), both kernel forms, streaming, edge
 cases. Without a GPU the kernels run in Triton's interpreter on tiny irregular shapes.
 
-Measured (interpreter, float32 kernels vs float64 loop): every row <= 2e-7 on these cases; the bar is 1e-5.
+Shapes are smaller than the notebook's (B=3, L=67, D=24/30), which CI also runs; L=37 is three tiles of 16, the last
+partial, and groups of 4 and 5 channels. Measured (interpreter, float32 kernels vs float64 loop): every error <= 3e-7
+on these cases; the bar is 1e-5.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def _case(B=3, L=67, D=24, G=6, prior=True, seed=0):
     x, w, b = rnd(B, L, D) * 1.5 + 0.7, rnd(D) * 0.3, rnd(D) * 0.3
     if prior: count, mean, var = torch.tensor([0, 5, 40])[:B], rnd(B, G) * 0.5, rnd(B, G).exp()
     else: count, mean, var = torch.zeros(B, dtype=torch.long), torch.zeros(B, G, dtype=torch.float64), torch.ones(B, G, dtype=torch.float64)
-    mask = torch.zeros(B, L, dtype=torch.bool); mask[0, :3] = True; mask[1, 20:35] = True; mask[-1, L - 9:] = True
+    mask = torch.zeros(B, L, dtype=torch.bool); mask[0, :3] = True; mask[1, L // 3: L // 2] = True; mask[-1, L - 9:] = True
     return [x, w, b, mean, var], count, mask, [rnd(B, L, D), rnd(B, G), rnd(B, G)]
 
 
@@ -41,10 +43,11 @@ def _run(fn, leaves, count, G, mask, ups, dtype, device="cpu"):
     return [t.detach().cpu() for t in (y, n, M, V, *grads)]
 
 
-@pytest.mark.parametrize("split,kw,G", [(True, {}, 6), (False, dict(D=30, G=5, prior=False), 5)], ids=["split-prior", "loop-noprior-D30G5"])
+@pytest.mark.parametrize("split,kw,G", [(True, dict(L=37, D=12, G=3), 3), (False, dict(L=37, D=10, G=2, prior=False), 2)],
+                         ids=["split-prior-D12G3", "loop-noprior-D10G2"])
 def test_parity_outputs_and_gradients(split, kw, G):
     leaves, count, mask, ups = _case(**kw)
-    got = _run(lambda *a: _tsn_triton(*a, split=split, BT=32 if split else 16), [t.float() for t in leaves], count, G, mask, ups, torch.float32, DEV)
+    got = _run(lambda *a: _tsn_triton(*a, split=split, BT=16), [t.float() for t in leaves], count, G, mask, ups, torch.float32, DEV)
     ref = _run(timestep_norm_ref, [t.float() for t in leaves], count, G, mask, ups, torch.float64)
     assert torch.equal(got[1], ref[1])
     names = ("y", "count", "mean", "var", "dx", "dweight", "dbias", "dmean", "dvar")
