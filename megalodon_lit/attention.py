@@ -237,10 +237,14 @@ def attention_step(q: Tensor, # [B, l, H, dz] new queries (RoPE applied at posit
                    attention_chunks: int = 1, # W
                    dropout: float = 0.0, # attention dropout probability (apply only when training)
                    dropkey: bool = False, # DropKey instead of post-softmax dropout
+                   backend: str = "auto", # "triton": the decode kernel of nb 12 (inference only); else dense softmax per piece
                   ) -> tuple[Tensor, KVCache]: # output [B, l, H, dv], the updated cache (not detached)
     "Streaming attention: any piece length, crossing chunk boundaries; same outputs as one `attention` call."
     B, l, H, dz, dv = _check_qkv(q, k, v, chunk_size, attention_chunks, dropout)
     C, W = chunk_size, attention_chunks
+    # The decode kernel has no backward and no dropout: it serves inference; training through a cache stays in PyTorch.
+    inference = dropout == 0 and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+    kernel = inference and resolve_backend(backend, q, k, v, available=("ref", "torch", "triton")) == "triton"
     if cache is None: cache = KVCache.empty(B, H, dz, dv, W * C, q.dtype, q.device)
     _check_cache(cache, k, v, W * C)
     outs, ck, cv, seen, i = [], cache.k, cache.v, cache.seen, 0
@@ -248,11 +252,15 @@ def attention_step(q: Tensor, # [B, l, H, dz] new queries (RoPE applied at posit
     while i < l:
         n = min(C - seen % C, l - i)
         ck, cv = torch.cat([ck, k[:, i:i + n]], 1), torch.cat([cv, v[:, i:i + n]], 1)
-        q_pos = torch.arange(seen, seen + n, device=q.device)
-        k_pos = torch.arange(seen + n - ck.shape[1], seen + n, device=q.device)
-        allowed = attention_mask(q_pos, k_pos, C, W) & (k_pos >= 0)  # slots before position 0 are empty
-        out = _softmax_attend(q[:, i:i + n].transpose(1, 2), ck.transpose(1, 2), cv.transpose(1, 2), allowed, dropout, dropkey)
-        outs.append(out.transpose(1, 2))
+        if kernel:
+            from megalodon_lit.ops.attention import attention_decode_triton  # imported on use: needs triton
+            outs.append(attention_decode_triton(q[:, i:i + n], ck, cv, seen, C, W))
+        else:
+            q_pos = torch.arange(seen, seen + n, device=q.device)
+            k_pos = torch.arange(seen + n - ck.shape[1], seen + n, device=q.device)
+            allowed = attention_mask(q_pos, k_pos, C, W) & (k_pos >= 0)  # slots before position 0 are empty
+            out = _softmax_attend(q[:, i:i + n].transpose(1, 2), ck.transpose(1, 2), cv.transpose(1, 2), allowed, dropout, dropkey)
+            outs.append(out.transpose(1, 2))
         seen, i = seen + n, i + n
         # The last W·C positions hold every key a later query can see: its own chunk and the W−1 before it.
         ck, cv = ck[:, -W * C:], cv[:, -W * C:]

@@ -174,7 +174,7 @@ class MegalodonLayer(nn.Module):
             attn = attention(q, k, v, self.C, self.W, p_attn, self.dropkey, self.backend)
             kv = kv_window(k, v, self.W * self.C) if return_state else None
         else:
-            attn, kv = attention_step(q, k, v, state.kv, self.C, self.W, p_attn, self.dropkey)
+            attn, kv = attention_step(q, k, v, state.kv, self.C, self.W, p_attn, self.dropkey, self.backend)
         attn = F.dropout(attn.reshape(B, L, self.E) * r, self.p_hidden, self.training)
         h = F.dropout(self.wh1(mx) + self.wh2(attn), self.p_drop, self.training)             # 8
         new_state = LayerState(norm, hx, kv) if (return_state or state is not None) else None
