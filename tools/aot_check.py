@@ -1,0 +1,122 @@
+"""Compile every Triton kernel the wrappers launch, for an NVIDIA H100 (sm_90), on a machine without a GPU.
+
+The interpreter (CI's kernel tests) checks what a kernel computes, but not that it compiles for a GPU: an
+interpreter run accepts a `tl.dot` on tiles smaller than 16, a shared-memory budget no GPU has, and some type
+mixes the compiler rejects. This script runs each op's forward and backward at GPU-sized shapes with the
+kernels left as real `@triton.jit` functions; every launch is intercepted, its argument types and
+compile-time constants are recorded, and Triton's ahead-of-time compiler builds it for `cuda:90` down to a
+cubin (ptxas included). Nothing executes: outputs stay uninitialised, only compilation is checked.
+
+    python tools/aot_check.py            # prints one line per distinct kernel specialisation; exit 1 on a failure
+
+What it does not check: numerical results on the GPU, speed, register spills (the launch-time limit).
+"""
+import os
+import sys
+import traceback
+from pathlib import Path
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("aot_check: unset TRITON_INTERPRET (the kernels must be real @triton.jit functions here)")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.autotuner import Autotuner
+from triton.runtime.jit import JITFunction
+
+TARGET = GPUTarget("cuda", 90, 32)
+SMEM_H100 = 227 * 1024  # bytes of shared memory one block may use on sm_90
+DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64",
+          torch.int64: "i64", torch.int32: "i32", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
+results: dict[tuple, str] = {}
+
+
+def _type_of(v) -> str:
+    if isinstance(v, torch.Tensor): return "*" + DTYPES[v.dtype]
+    if isinstance(v, bool): return "i1"
+    if isinstance(v, int): return "i32" if -2**31 <= v < 2**31 else "i64"
+    if isinstance(v, float): return "fp32"
+    raise TypeError(f"no Triton type for {type(v).__name__}")
+
+
+def _compile(self: JITFunction, *args, grid, warmup, **kwargs):
+    "Stands in for JITFunction.run: compile for sm_90 instead of launching."
+    names = [p.name for p in self.params]
+    bound = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
+    options = {k: v for k, v in kwargs.items() if k not in names and k in ("num_warps", "num_stages")}
+    signature, constexprs = {}, {}
+    for p in self.params:
+        v = bound.get(p.name, p.default)
+        if p.is_constexpr or v is None:
+            signature[p.name], constexprs[p.name] = "constexpr", v
+        else:
+            signature[p.name] = _type_of(v)
+    key = (self.fn.__module__, self.fn.__name__, tuple(signature.items()), tuple(sorted(constexprs.items(), key=str)), tuple(sorted(options.items())))
+    if key in results: return None
+    try:
+        k = triton.compile(ASTSource(self, signature, constexprs), target=TARGET, options=options)
+        shared = k.metadata.shared
+        results[key] = "ok" if shared <= SMEM_H100 else f"FAIL: {shared} bytes of shared memory > {SMEM_H100}"
+        results[key] += f" (shared {shared} B)"
+    except Exception as e:  # noqa: BLE001 - every compiler error is a finding
+        results[key] = "FAIL: " + "".join(traceback.format_exception_only(e)).strip().splitlines()[-1][:300]
+    return None
+
+
+def _autotune_all(self: Autotuner, *args, **kwargs):
+    "Compile every configuration of an autotuned kernel (there is no GPU to time them on)."
+    for cfg in self.configs:
+        self.fn.run(*args, **kwargs, **cfg.all_kwargs())
+
+
+def _pretend_cuda():
+    "Make the wrappers take their GPU code paths (block sizes, checks) for CPU tensors."
+    torch.Tensor.is_cuda = property(lambda self: True)
+    import megalodon_lit.core as core
+    core.triton_interpreting = lambda: False
+
+
+def exercise():
+    "Forward and backward of every op, at shapes that select the GPU configurations, float32 and bfloat16."
+    from megalodon_lit.cema_params import CEMAParameters
+    from megalodon_lit.ops.cema import cema_triton
+    from megalodon_lit.ops.timestep_norm import timestep_norm_triton
+    from megalodon_lit.ops.attention import attention_triton, attention_decode_triton
+    for dt in (torch.float32, torch.bfloat16):
+        p, q, g = (t.detach() for t in CEMAParameters(64, 16).coeffs())
+        x = torch.randn(2, 64, 300, dtype=dt, requires_grad=True)
+        h0 = torch.randn(2, 64, 16, dtype=torch.complex64, requires_grad=True)
+        y, h = cema_triton(x, p, q, g, h0)
+        torch.autograd.grad((y.float().sum(), h.real.sum()), (x, h0), allow_unused=True)
+        x = torch.randn(2, 1000, 256, dtype=dt, requires_grad=True)
+        w, b = torch.zeros(256, requires_grad=True), torch.zeros(256, requires_grad=True)
+        mean, var = torch.zeros(2, 16, requires_grad=True), torch.ones(2, 16, requires_grad=True)
+        pad = torch.zeros(2, 1000, dtype=torch.bool)
+        out = timestep_norm_triton(x, w, b, torch.zeros(2, dtype=torch.long), mean, var, 16, 1e-5, pad)
+        torch.autograd.grad(out[0].float().sum(), (x, w, b, mean, var), allow_unused=True)
+        for dz, dv, H in ((128, 128, 4), (256, 2048, 1)):  # the usual head, and the 7B shape
+            q_, k_ = (torch.randn(1, 600, H, dz, dtype=dt, requires_grad=True) for _ in range(2))
+            v_ = torch.randn(1, 600, H, dv, dtype=dt, requires_grad=True)
+            for W, drop in ((1, 0.0), (2, 0.1)):
+                o = attention_triton(q_, k_, v_, 256, W, drop, drop > 0)
+                torch.autograd.grad(o.float().sum(), (q_, k_, v_))
+            with torch.no_grad(): attention_decode_triton(q_[:, :1], k_[:, :512], v_[:, :512], 511, 256, 2)
+
+
+if __name__ == "__main__":
+    JITFunction.run = _compile
+    Autotuner.run = _autotune_all
+    _pretend_cuda()
+    try:
+        exercise()
+    except Exception:  # a wrapper failed before or between launches: report it, with what compiled so far
+        traceback.print_exc()
+        results[("exercise",)] = "FAIL: the wrappers raised (traceback above)"
+    for key, res in results.items():
+        print(f"{res[:4]:<5} {key[1] if len(key) > 1 else key[0]}  {dict(key[3]) if len(key) > 3 else ''}  {dict(key[4]) if len(key) > 4 else ''}  {res}")
+    bad = [r for r in results.values() if r.startswith("FAIL")]
+    print(f"{len(results) - len(bad)} kernel specialisations compiled for sm_90, {len(bad)} failed")
+    sys.exit(1 if bad or not results else 0)
