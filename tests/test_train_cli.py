@@ -166,8 +166,22 @@ def test_cli_verify_and_bench():
     r = run_cli("verify")
     assert r.returncode == 0 and "all paths agree" in r.stdout, r.stdout + r.stderr
     assert "cema chunked float32" in r.stdout and "model streamed" in r.stdout
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):  # CI: the kernels run through the interpreter
+        assert "cema triton float32 gradients" in r.stdout and "attention W=2 triton" in r.stdout, r.stdout
     r = run_cli("bench", "--quick")
     assert r.returncode == 0 and "decode" in r.stdout and "chunked" in r.stdout, r.stderr
+
+
+def test_cli_bench_end_to_end_parts(tmp_path):
+    r = run_cli("bench", "--what", "profile", "--threads", "1", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    (f,) = tmp_path.glob("*/end_to_end.json")
+    res = json.loads(f.read_text())
+    prof = res["profile"]["tiny megalodon/torch"]
+    assert res["record"]["torch"] == torch.__version__ and prof["CEMA"] > 0 and prof["matmuls"] > 0
+    assert abs(sum(v for k, v in prof.items() if k != "total") - prof["total"]) < 1e-9
+    r = run_cli("bench", "--what", "paths,speed")
+    assert r.returncode != 0 and "unknown part" in r.stderr + r.stdout
 
 
 def test_cli_train_chunk_parallel_under_torchrun(tmp_path, text_corpus):
