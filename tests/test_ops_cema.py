@@ -40,16 +40,16 @@ def test_step_kernel_matches_recurrence(L, with_h0):
     assert rel_err(y, y64) <= TOL and rel_err(h, h64) <= TOL
 
 
-@pytest.mark.parametrize("L,with_h0,near_one", [(37, True, False), (75, False, True), (9, True, False)])
-def test_chunked_forward_and_gradients(L, with_h0, near_one):
-    B, D, N = 2, 3, 3  # L=75: five chunks of 16, two tiles in the interpreter
+@pytest.mark.parametrize("L,with_h0,near_one,T", [(37, True, False, 16), (75, False, True, 16), (9, True, False, 16), (150, True, False, 64)])
+def test_chunked_forward_and_gradients(L, with_h0, near_one, T):
+    B, D, N = 2, 3, 3  # L=75: five chunks of 16, two tiles in the interpreter; T=64 is the default chunk
     p, q, g = _coeffs(D, N, 1, near_one)
     x = torch.randn(B, D, L, device=DEV)
     h0 = torch.randn(B, D, N, dtype=torch.complex64, device=DEV) if with_h0 else None
     dy, dh = torch.randn(B, D, L, device=DEV), torch.randn(B, D, N, dtype=torch.complex64, device=DEV)
     ins = [t.clone().requires_grad_() for t in (x, p, q, g) + ((h0,) if with_h0 else ())]
     ins64 = [_f64(t).requires_grad_() for t in ins]
-    y, h = cema_triton(*ins, chunk_size=16)
+    y, h = cema_triton(*ins, chunk_size=T)
     y64, h64 = cema_recurrent(*ins64)
     grads = torch.autograd.grad((y * dy).sum() + (h * dh.conj()).real.sum(), ins)
     grads64 = torch.autograd.grad((y64 * dy.double()).sum() + (h64 * dh.to(torch.complex128).conj()).real.sum(), ins64)
