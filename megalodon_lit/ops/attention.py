@@ -7,7 +7,7 @@ Docs: https://megalodon-lit.github.io/megalodon-lit/triton_attention.html.md"""
 # %% auto #0
 __all__ = ['dropkey_mask', 'attention_triton', 'attention_decode_triton']
 
-# %% ../../nbs/12_triton_attention.ipynb #715733e7
+# %% ../../nbs/12_triton_attention.ipynb #06964513
 import torch
 import triton
 import triton.language as tl
@@ -16,21 +16,21 @@ from torch import Tensor
 from ..attention import _check_qkv
 from ..core import default_device, resolve_backend, triton_interpreting
 
-# %% ../../nbs/12_triton_attention.ipynb #bebb06df
+# %% ../../nbs/12_triton_attention.ipynb #d8993166
 @triton.jit
-def _visible(q_pos, k_pos, C, W):
-    "[BM, BN] multi-chunk causal rule on absolute positions; keys at negative positions are empty cache slots."
-    qp, kp = q_pos[:, None], k_pos[None, :]
-    return (kp >= 0) & (kp <= qp) & (kp // C >= qp // C - W + 1)
+def _visible(qp, kp, C, W):
+    "Multi-chunk causal rule on absolute positions qp [BM, 1] and kp [1, BN] (or transposed); keys < 0 are empty slots."
+    q_first = (qp // C - W + 1) * C  # first visible key of each query: one division per query, not per pair
+    return (kp >= 0) & (kp <= qp) & (kp >= q_first)
 
 @triton.jit
-def _dropkey_keep(seed, bh, q_pos, k_pos, p_drop):
-    "[BM, BN] DropKey keep-mask: one Philox draw per (key position, query position, b·H + h); kept when u ≥ p."
-    zero = q_pos[:, None] * 0 + k_pos[None, :] * 0
-    r, _, _, _ = tl.philox(seed, k_pos[None, :] + zero, q_pos[:, None] + zero, zero + bh, zero)
+def _dropkey_keep(seed, bh, qp, kp, p_drop):
+    "DropKey keep-mask: one Philox draw per (key position, query position, b·H + h); kept when u ≥ p."
+    zero = qp * 0 + kp * 0
+    r, _, _, _ = tl.philox(seed, kp + zero, qp + zero, zero + bh, zero)
     return tl.uint_to_uniform_float(r) >= p_drop
 
-# %% ../../nbs/12_triton_attention.ipynb #b0788fe4
+# %% ../../nbs/12_triton_attention.ipynb #103504a5
 @triton.jit
 def _attention_fwd_kernel(
     Q, K, V, O, LSE,  # q [B, Lq, H, dz], k [B, Lk, H, dz], v [B, Lk, H, dv], o [B, Lq, H, dv], lse [B, H, Lq] fp32
@@ -43,15 +43,16 @@ def _attention_fwd_kernel(
 ):
     i_m, i_bh, i_e = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = (i_bh // H).to(tl.int64), (i_bh % H).to(tl.int64)
-    o_m = i_m * BM + tl.arange(0, BM)
-    o_n, o_k = tl.arange(0, BN), tl.arange(0, BK)
+    o_r, o_n, o_k = tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BK)
     o_e = i_e * BDV + tl.arange(0, BDV)
+    o_m = i_m * BM + o_r
     m_m, m_k, m_e = o_m < Lq, o_k < DZ, o_e < DV
     q_pos = q_start + o_m
 
     p_q = Q + i_b * s_qb + i_h * s_qh + o_m[:, None].to(tl.int64) * s_ql + o_k[None, :]
     b_q = tl.load(p_q, mask=m_m[:, None] & m_k[None, :], other=0.0)
     if UPCAST: b_q = b_q.to(tl.float32)
+    k_head, v_head = K + i_b * s_kb + i_h * s_kh, V + i_b * s_vb + i_h * s_vh
 
     # The band of key slots this query tile can see: from the start of chunk(first query) − (W−1) chunks
     # (never before position 0) to the last query. Every tile outside it is skipped, so cost is O(L·W·C).
@@ -67,16 +68,16 @@ def _attention_fwd_kernel(
     for n0 in range(lo, hi, BN):
         o_j = n0 + o_n
         m_j = o_j < Lk
-        p_k = K + i_b * s_kb + i_h * s_kh + o_j[:, None].to(tl.int64) * s_kl + o_k[None, :]
-        p_v = V + i_b * s_vb + i_h * s_vh + o_j[:, None].to(tl.int64) * s_vl + o_e[None, :]
+        p_k = k_head + o_j[:, None].to(tl.int64) * s_kl + o_k[None, :]
+        p_v = v_head + o_j[:, None].to(tl.int64) * s_vl + o_e[None, :]
         b_k = tl.load(p_k, mask=m_j[:, None] & m_k[None, :], other=0.0)
         b_v = tl.load(p_v, mask=m_j[:, None] & m_e[None, :], other=0.0)
         if UPCAST:
             b_k, b_v = b_k.to(tl.float32), b_v.to(tl.float32)
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # [BM, BN] logits, scale 1.0
         k_pos = k_start + o_j
-        ok = _visible(q_pos, k_pos, C, W) & m_j[None, :]
-        if DROPKEY: ok = ok & _dropkey_keep(seed, i_bh, q_pos, k_pos, p_drop)
+        ok = _visible(q_pos[:, None], k_pos[None, :], C, W) & m_j[None, :]
+        if DROPKEY: ok = ok & _dropkey_keep(seed, i_bh, q_pos[:, None], k_pos[None, :], p_drop)
         b_s = tl.where(ok, b_s, float("-inf"))
         # Online softmax: rescale what we have by exp(m_old − m_new). A row that has seen nothing yet keeps
         # m = −inf; subtracting 0 instead keeps exp() away from (−inf) − (−inf) = NaN.
@@ -97,14 +98,15 @@ def _attention_fwd_kernel(
     b_lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), 0.0)
     tl.store(LSE + i_bh.to(tl.int64) * Lq + o_m, b_lse, mask=m_m & (i_e == 0))
 
-# %% ../../nbs/12_triton_attention.ipynb #1b52d150
+# %% ../../nbs/12_triton_attention.ipynb #8018fae4
 def _np2(n: int) -> int: return max(16, triton.next_power_of_2(n))
 
 def _config(dz: int, dv: int, dtype: torch.dtype, backward: bool = False, blocks: tuple | None = None) -> dict:
     "Tile sizes (BM queries × BN keys, BDV value columns) and launch options; one config, no autotuning."
     if blocks is not None: BM, BN, BDV = blocks; warps, stages = 4, 2
     elif triton_interpreting(): BM, BN, BDV, warps, stages = 16, 16, 16, 4, 1
-    elif dtype == torch.float32: BM, BN, BDV, warps, stages = 64, 32, min(64, _np2(dv)), 4, 2
+    # float32 uses exact FMA products (input_precision="ieee"), held in registers: small tiles avoid spills
+    elif dtype == torch.float32: BM, BN, BDV, warps, stages = 16, 16, min(64, _np2(dv)), 4, 2
     elif backward or dz > 128: BM, BN, BDV, warps, stages = 64, 64 if dz <= 128 else 32, min(128, _np2(dv)), 8, 2
     else: BM, BN, BDV, warps, stages = 128, 64, min(128, _np2(dv)), 8, 3
     return dict(BM=BM, BN=BN, BK=_np2(dz), BDV=BDV, num_warps=warps, num_stages=stages)
@@ -130,13 +132,14 @@ def _attention_fwd(q: Tensor, k: Tensor, v: Tensor, C: int, W: int, p_drop: floa
                                 DROPKEY=p_drop > 0, **_dot_options(q.dtype), **cfg)
     return o, lse
 
-# %% ../../nbs/12_triton_attention.ipynb #9b1114e7
+# %% ../../nbs/12_triton_attention.ipynb #5f3b98f9
 @triton.jit
 def _dropkey_mask_kernel(OUT, L, C, W, seed, p_drop, BM: tl.constexpr, BN: tl.constexpr):
     "Write the logits a kernel keeps, visible & not dropped, as int8 into OUT [B·H, L, L]."
     i_m, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_m, o_j = i_m * BM + tl.arange(0, BM), i_n * BN + tl.arange(0, BN)
-    keep = _visible(o_m, o_j, C, W) & _dropkey_keep(seed, i_bh, o_m, o_j, p_drop)
+    qp, kp = o_m[:, None], o_j[None, :]
+    keep = _visible(qp, kp, C, W) & _dropkey_keep(seed, i_bh, qp, kp, p_drop)
     p_out = OUT + i_bh.to(tl.int64) * L * L + o_m[:, None].to(tl.int64) * L + o_j[None, :]
     tl.store(p_out, keep.to(tl.int8), mask=(o_m < L)[:, None] & (o_j < L)[None, :])
 
@@ -157,21 +160,24 @@ def dropkey_mask(B: int, # batch size
     _dropkey_mask_kernel[grid](out, L, chunk_size, attention_chunks, int(seed), float(dropout), BM=BM, BN=BN)
     return out.view(B, H, L, L).bool()
 
-# %% ../../nbs/12_triton_attention.ipynb #079c261b
+# %% ../../nbs/12_triton_attention.ipynb #1b1ae416
 @triton.jit
 def _attention_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,  # dq [B, L, H, dz] in q's dtype; lse, delta [B, H, L] fp32
     s_qb, s_ql, s_qh, s_kb, s_kl, s_kh, s_vb, s_vl, s_vh, s_ob, s_ol, s_oh,
     H, L, DZ, DV, C, W, seed, p_drop,
-    DROPKEY: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+    N_E: tl.constexpr, DROPKEY: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BDV: tl.constexpr,
 ):
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), (i_bh % H).to(tl.int64)
-    o_m = i_m * BM + tl.arange(0, BM)
-    o_n, o_k, o_e = tl.arange(0, BN), tl.arange(0, BK), tl.arange(0, BDV)
+    # (offsets in int64; pointer tiles are rebuilt where used rather than kept live across the loop)
+    o_r, o_n, o_k, o_e = tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BK), tl.arange(0, BDV)
+    o_m = i_m * BM + o_r
     m_m, m_k = o_m < L, o_k < DZ
     p_q = Q + i_b * s_qb + i_h * s_qh + o_m[:, None].to(tl.int64) * s_ql + o_k[None, :]
+    do_row = DO + i_b * s_ob + i_h * s_oh + o_m[:, None].to(tl.int64) * s_ol
+    k_head, v_head = K + i_b * s_kb + i_h * s_kh, V + i_b * s_vb + i_h * s_vh
     b_q = tl.load(p_q, mask=m_m[:, None] & m_k[None, :], other=0.0)
     if UPCAST: b_q = b_q.to(tl.float32)
     b_lse = tl.load(LSE + i_bh.to(tl.int64) * L + o_m, mask=m_m, other=0.0)
@@ -185,49 +191,52 @@ def _attention_bwd_dq_kernel(
     for n0 in range(lo, hi, BN):
         o_j = n0 + o_n
         m_j = o_j < L
-        p_k = K + i_b * s_kb + i_h * s_kh + o_j[:, None].to(tl.int64) * s_kl + o_k[None, :]
-        b_k = tl.load(p_k, mask=m_j[:, None] & m_k[None, :], other=0.0)
-        if UPCAST: b_k = b_k.to(tl.float32)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-        ok = _visible(o_m, o_j, C, W) & m_j[None, :]
-        if DROPKEY: ok = ok & _dropkey_keep(seed, i_bh, o_m, o_j, p_drop)
+        p_kt = k_head + o_j[None, :].to(tl.int64) * s_kl + o_k[:, None]
+        b_kt = tl.load(p_kt, mask=m_k[:, None] & m_j[None, :], other=0.0)  # [BK, BN] = Kᵀ
+        if UPCAST: b_kt = b_kt.to(tl.float32)
+        b_s = tl.dot(b_q, b_kt, input_precision=PREC)
+        ok = _visible(o_m[:, None], o_j[None, :], C, W) & m_j[None, :]
+        if DROPKEY: ok = ok & _dropkey_keep(seed, i_bh, o_m[:, None], o_j[None, :], p_drop)
         # P recomputed from the saved log-sum-exp: no [L, L] matrix is ever stored
         b_p = tl.where(ok, tl.exp(b_s - b_lse[:, None]), 0.0)
         # dP = dO·Vᵀ, summed over value-column tiles (dv may be much wider than dz)
         b_dp = tl.zeros([BM, BN], tl.float32)
-        for e0 in range(0, DV, BDV):
-            m_e = (e0 + o_e) < DV
-            p_do = DO + i_b * s_ob + i_h * s_oh + o_m[:, None].to(tl.int64) * s_ol + (e0 + o_e)[None, :]
-            p_v = V + i_b * s_vb + i_h * s_vh + o_j[:, None].to(tl.int64) * s_vl + (e0 + o_e)[None, :]
+        for e in range(N_E):
+            m_e = (e * BDV + o_e) < DV
+            p_do = do_row + (e * BDV + o_e)[None, :]
+            p_vt = v_head + o_j[None, :].to(tl.int64) * s_vl + (e * BDV + o_e)[:, None]
             b_do = tl.load(p_do, mask=m_m[:, None] & m_e[None, :], other=0.0)
-            b_v = tl.load(p_v, mask=m_j[:, None] & m_e[None, :], other=0.0)
+            b_vt = tl.load(p_vt, mask=m_e[:, None] & m_j[None, :], other=0.0)  # [BDV, BN] = Vᵀ
             if UPCAST:
-                b_do, b_v = b_do.to(tl.float32), b_v.to(tl.float32)
-            b_dp += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+                b_do, b_vt = b_do.to(tl.float32), b_vt.to(tl.float32)
+            b_dp += tl.dot(b_do, b_vt, input_precision=PREC)
         b_ds = b_p * (b_dp - b_delta[:, None])  # softmax Jacobian: dS = P ⊙ (dP − rowsum(dO ⊙ O))
-        b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=PREC)
+        b_dq += tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), input_precision=PREC)
     p_dq = DQ + i_b * s_qb + i_h * s_qh + o_m[:, None].to(tl.int64) * s_ql + o_k[None, :]
     tl.store(p_dq, b_dq.to(DQ.dtype.element_ty), mask=m_m[:, None] & m_k[None, :])
 
-# %% ../../nbs/12_triton_attention.ipynb #82ffed4a
+# %% ../../nbs/12_triton_attention.ipynb #e5f9db12
 @triton.jit
 def _attention_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV_,  # dk [B, L, H, dz], dv [B, L, H, dv] (same strides as k, v)
     s_qb, s_ql, s_qh, s_kb, s_kl, s_kh, s_vb, s_vl, s_vh, s_ob, s_ol, s_oh,
     H, L, DZ, DV, C, W, seed, p_drop,
-    WITH_DK: tl.constexpr, WITH_DV: tl.constexpr,
+    WITH_DK: tl.constexpr, WITH_DV: tl.constexpr, N_E: tl.constexpr,
     DROPKEY: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BDV: tl.constexpr,
 ):
     # One program owns a tile of BN keys (and, for dV, one tile of BDV value columns) and walks the queries
     # that can see them: from the tile itself to the end of the chunk W−1 chunks after the tile's last key.
+    # It works on transposed [BN, BM] tiles (keys × queries), so Pᵀ and dSᵀ come out of tl.dot directly.
     i_n, i_bh, i_e = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = (i_bh // H).to(tl.int64), (i_bh % H).to(tl.int64)
-    o_j = i_n * BN + tl.arange(0, BN)
-    o_m0, o_k, o_e = tl.arange(0, BM), tl.arange(0, BK), tl.arange(0, BDV)
+    # (offsets in int64; pointer tiles are rebuilt where used rather than kept live across the loop)
+    o_r, o_n, o_k, o_e = tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BK), tl.arange(0, BDV)
+    o_j = i_n * BN + o_n
     o_ev = i_e * BDV + o_e
     m_j, m_k, m_ev = o_j < L, o_k < DZ, o_ev < DV
     p_k = K + i_b * s_kb + i_h * s_kh + o_j[:, None].to(tl.int64) * s_kl + o_k[None, :]
+    q_head, do_head = Q + i_b * s_qb + i_h * s_qh, DO + i_b * s_ob + i_h * s_oh
     b_k = tl.load(p_k, mask=m_j[:, None] & m_k[None, :], other=0.0)
     if UPCAST: b_k = b_k.to(tl.float32)
 
@@ -238,35 +247,35 @@ def _attention_bwd_dkdv_kernel(
     b_dk = tl.zeros([BN, BK], tl.float32)
     b_dv = tl.zeros([BN, BDV], tl.float32)
     for m0 in range(lo, hi, BM):
-        o_m = m0 + o_m0
+        o_m = m0 + o_r
         m_m = o_m < L
-        p_q = Q + i_b * s_qb + i_h * s_qh + o_m[:, None].to(tl.int64) * s_ql + o_k[None, :]
-        b_q = tl.load(p_q, mask=m_m[:, None] & m_k[None, :], other=0.0)
-        if UPCAST: b_q = b_q.to(tl.float32)
+        p_qt = q_head + o_m[None, :].to(tl.int64) * s_ql + o_k[:, None]
+        b_qt = tl.load(p_qt, mask=m_k[:, None] & m_m[None, :], other=0.0)  # [BK, BM]
+        if UPCAST: b_qt = b_qt.to(tl.float32)
         b_lse = tl.load(LSE + i_bh.to(tl.int64) * L + o_m, mask=m_m, other=0.0)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # [BM, BN]
-        ok = _visible(o_m, o_j, C, W) & m_j[None, :] & m_m[:, None]
-        if DROPKEY: ok = ok & _dropkey_keep(seed, i_bh, o_m, o_j, p_drop)
-        b_p = tl.where(ok, tl.exp(b_s - b_lse[:, None]), 0.0)
+        b_st = tl.dot(b_k, b_qt, input_precision=PREC)  # [BN, BM] = Sᵀ
+        ok = _visible(o_m[None, :], o_j[:, None], C, W) & m_j[:, None] & m_m[None, :]
+        if DROPKEY: ok = ok & _dropkey_keep(seed, i_bh, o_m[None, :], o_j[:, None], p_drop)
+        b_pt = tl.where(ok, tl.exp(b_st - b_lse[None, :]), 0.0)
         if WITH_DV:
-            p_do = DO + i_b * s_ob + i_h * s_oh + o_m[:, None].to(tl.int64) * s_ol + o_ev[None, :]
+            p_do = do_head + o_m[:, None].to(tl.int64) * s_ol + o_ev[None, :]
             b_do = tl.load(p_do, mask=m_m[:, None] & m_ev[None, :], other=0.0)
             if UPCAST: b_do = b_do.to(tl.float32)
-            b_dv += tl.dot(tl.trans(b_p).to(b_do.dtype), b_do, input_precision=PREC)  # dV = Pᵀ·dO
+            b_dv += tl.dot(b_pt.to(b_do.dtype), b_do, input_precision=PREC)  # dV = Pᵀ·dO
         if WITH_DK:
             b_delta = tl.load(DELTA + i_bh.to(tl.int64) * L + o_m, mask=m_m, other=0.0)
-            b_dp = tl.zeros([BM, BN], tl.float32)
-            for e0 in range(0, DV, BDV):
-                m_e = (e0 + o_e) < DV
-                p_do = DO + i_b * s_ob + i_h * s_oh + o_m[:, None].to(tl.int64) * s_ol + (e0 + o_e)[None, :]
-                p_v = V + i_b * s_vb + i_h * s_vh + o_j[:, None].to(tl.int64) * s_vl + (e0 + o_e)[None, :]
-                b_do2 = tl.load(p_do, mask=m_m[:, None] & m_e[None, :], other=0.0)
+            b_dpt = tl.zeros([BN, BM], tl.float32)
+            for e in range(N_E):  # dPᵀ = V·dOᵀ, summed over value-column tiles
+                m_e = (e * BDV + o_e) < DV
+                p_dot = do_head + o_m[None, :].to(tl.int64) * s_ol + (e * BDV + o_e)[:, None]
+                p_v = V + i_b * s_vb + i_h * s_vh + o_j[:, None].to(tl.int64) * s_vl + (e * BDV + o_e)[None, :]
+                b_dot = tl.load(p_dot, mask=m_e[:, None] & m_m[None, :], other=0.0)  # [BDV, BM]
                 b_v = tl.load(p_v, mask=m_j[:, None] & m_e[None, :], other=0.0)
                 if UPCAST:
-                    b_do2, b_v = b_do2.to(tl.float32), b_v.to(tl.float32)
-                b_dp += tl.dot(b_do2, tl.trans(b_v), input_precision=PREC)
-            b_ds = b_p * (b_dp - b_delta[:, None])
-            b_dk += tl.dot(tl.trans(b_ds).to(b_q.dtype), b_q, input_precision=PREC)  # dK = dSᵀ·Q
+                    b_dot, b_v = b_dot.to(tl.float32), b_v.to(tl.float32)
+                b_dpt += tl.dot(b_v, b_dot, input_precision=PREC)
+            b_dst = b_pt * (b_dpt - b_delta[None, :])
+            b_dk += tl.dot(b_dst.to(b_qt.dtype), tl.trans(b_qt), input_precision=PREC)  # dK = dSᵀ·Q
     if WITH_DK:
         p_dk = DK + i_b * s_kb + i_h * s_kh + o_j[:, None].to(tl.int64) * s_kl + o_k[None, :]
         tl.store(p_dk, b_dk.to(DK.dtype.element_ty), mask=m_j[:, None] & m_k[None, :])
@@ -274,7 +283,7 @@ def _attention_bwd_dkdv_kernel(
         p_dv = DV_ + i_b * s_vb + i_h * s_vh + o_j[:, None].to(tl.int64) * s_vl + o_ev[None, :]
         tl.store(p_dv, b_dv.to(DV_.dtype.element_ty), mask=m_j[:, None] & m_ev[None, :])
 
-# %% ../../nbs/12_triton_attention.ipynb #ed4318b3
+# %% ../../nbs/12_triton_attention.ipynb #99a9d4ce
 def _attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, C: int, W: int,
                    p_drop: float, seed: int, blocks: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
     "Launch the backward kernels: dq, then dk and dv (one launch when a value tile spans dv, else two)."
@@ -286,9 +295,9 @@ def _attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: 
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     cfg = _config(dz, dv_, q.dtype, backward=True, blocks=blocks)
     args = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], H, L, dz, dv_, C, W, seed, p_drop)
-    opts = dict(DROPKEY=p_drop > 0, **_dot_options(q.dtype), **cfg)
-    _attention_bwd_dq_kernel[(triton.cdiv(L, cfg["BM"]), B * H)](q, k, v, do, lse, delta, dq, *args, **opts)
     n_e = triton.cdiv(dv_, cfg["BDV"])
+    opts = dict(N_E=n_e, DROPKEY=p_drop > 0, **_dot_options(q.dtype), **cfg)
+    _attention_bwd_dq_kernel[(triton.cdiv(L, cfg["BM"]), B * H)](q, k, v, do, lse, delta, dq, *args, **opts)
     dkdv = _attention_bwd_dkdv_kernel
     if n_e == 1:
         dkdv[(triton.cdiv(L, cfg["BN"]), B * H, 1)](q, k, v, do, lse, delta, dk, dv, *args, WITH_DK=True, WITH_DV=True, **opts)
@@ -311,7 +320,7 @@ class _ChunkedAttention(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors
         return (*_attention_bwd(do, q, k, v, o, lse, *ctx.args), None, None, None, None, None)
 
-# %% ../../nbs/12_triton_attention.ipynb #62c0cb33
+# %% ../../nbs/12_triton_attention.ipynb #be393fbe
 def _draw_seed() -> int: return int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64).item())
 
 def attention_triton(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
@@ -335,7 +344,7 @@ def attention_triton(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
     seed = (_draw_seed() if seed is None else int(seed)) if p_drop > 0 else 0
     return _ChunkedAttention.apply(q, k, v, chunk_size, attention_chunks, p_drop, seed, blocks)
 
-# %% ../../nbs/12_triton_attention.ipynb #f20b3da2
+# %% ../../nbs/12_triton_attention.ipynb #2e365d3a
 def attention_decode_triton(q: Tensor, # [B, n, H, dz] new queries at positions seen … seen+n−1 (RoPE applied)
                             k_cache: Tensor, # [B, Lk, H, dz] keys; the last n are the new ones, so slot s is at seen+n−Lk+s
                             v_cache: Tensor, # [B, Lk, H, dv] values at the same positions
