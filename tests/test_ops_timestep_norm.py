@@ -9,6 +9,8 @@ on these cases; the bar is 1e-5.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -87,3 +89,10 @@ def test_dispatch_and_errors():
     assert e[0].shape == (2, 0, 8) and torch.equal(e[1], count)
     with pytest.raises(TypeError, match="float32 or bfloat16"): timestep_norm_triton(x.double(), w, b, count, mean, var, 2)
     with pytest.raises(ValueError, match="num_groups"): timestep_norm_triton(x, w, b, count, mean, var, 3)
+
+
+def test_imports_without_a_device_or_the_interpreter():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "import megalodon_lit.ops.timestep_norm as m; print(m.timestep_norm_triton.__name__)"
+    res = subprocess.run([sys.executable, "-c", code], env=env | {"CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True)
+    assert res.returncode == 0 and "timestep_norm_triton" in res.stdout, res.stderr[-2000:]
