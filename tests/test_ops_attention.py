@@ -43,6 +43,13 @@ def test_matches_reference(W, L, blocks):
     _check(q, k, v, attention_ref(q, k, v, 16, W), 16, W, blocks=blocks)
 
 
+@pytest.mark.parametrize("B,L,H,dz,dv,C,W", [(2, 5, 3, 6, 3, 64, 3), (1, 20, 1, 4, 40, 3, 5), (1, 1, 1, 8, 8, 4, 1)])
+def test_odd_shapes(B, L, H, dz, dv, C, W):
+    "C > L, W beyond the first chunk, head dims below one tile, dv spread over three value tiles, a single token."
+    q, k, v = _qkv(B, L, H, dz, dv, seed=B + L)
+    _check(q, k, v, attention_ref(q, k, v, C, W), C, W)
+
+
 def test_dropkey_same_mask_and_empty_rows():
     L, W, p, seed = 37, 2, 0.3, 4321
     q, k, v = _qkv(2, L, 2, 16, 32, seed=3)
