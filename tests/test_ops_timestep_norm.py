@@ -45,11 +45,12 @@ def _run(fn, leaves, count, G, mask, ups, dtype, device="cpu"):
     return [t.detach().cpu() for t in (y, n, M, V, *grads)]
 
 
-@pytest.mark.parametrize("split,kw,G", [(True, dict(L=37, D=12, G=3), 3), (False, dict(L=37, D=10, G=2, prior=False), 2)],
-                         ids=["split-prior-D12G3", "loop-noprior-D10G2"])
-def test_parity_outputs_and_gradients(split, kw, G):
+@pytest.mark.parametrize("split,chain,kw,G", [(True, False, dict(L=37, D=12, G=3), 3), (False, False, dict(L=37, D=10, G=2, prior=False), 2),
+                                               (True, True, dict(L=37, D=12, G=3), 3)],
+                         ids=["split-prior-D12G3", "loop-noprior-D10G2", "chained-prior-D12G3"])
+def test_parity_outputs_and_gradients(split, chain, kw, G):
     leaves, count, mask, ups = _case(**kw)
-    got = _run(lambda *a: _tsn_triton(*a, split=split, BT=16), [t.float() for t in leaves], count, G, mask, ups, torch.float32, DEV)
+    got = _run(lambda *a: _tsn_triton(*a, split=split, BT=16, chain=chain), [t.float() for t in leaves], count, G, mask, ups, torch.float32, DEV)
     ref = _run(timestep_norm_ref, [t.float() for t in leaves], count, G, mask, ups, torch.float64)
     assert torch.equal(got[1], ref[1])
     names = ("y", "count", "mean", "var", "dx", "dweight", "dbias", "dmean", "dvar")
