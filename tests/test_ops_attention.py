@@ -78,3 +78,22 @@ def test_errors():
     with pytest.raises(NotImplementedError, match="backend='torch'"): attention_triton(q, k, v, 4, dropout=0.1)
     with pytest.raises(TypeError, match="float32 or bfloat16"): attention_triton(q.double(), k.double(), v.double(), 4)
     with pytest.raises(ValueError, match="new queries"): attention_decode_triton(q, k[:, :4], v[:, :4], 0, 4, 1)
+
+
+def test_autotuned_launch_path(monkeypatch):
+    "The GPU launch path (triton.autotune, grid from the chosen config) in the interpreter, with a stand-in timer."
+    import megalodon_lit.ops.attention as ops
+    monkeypatch.setattr(ops, "_TUNED", {})
+    timings = iter(range(1000, 0, -1))  # each config timed faster than the one before: the last one wins
+    fake_bench = lambda fn, quantiles: (fn(), [float(next(timings))] * 3)[1]
+    for kernel in (ops._attention_fwd_kernel, ops._attention_bwd_dq_kernel, ops._attention_bwd_dkdv_kernel):
+        ops._TUNED[kernel.__name__] = ops._autotuned(kernel, [(16, 16, 4, 2), (16, 32, 4, 2)], do_bench=fake_bench)
+    q, k, v = (t.detach().float() for t in _qkv(1, 40, 2, 16, 24, seed=2))
+    o, lse = ops._attention_fwd(q, k, v, 16, 2, 0.0, 0, tune=True)
+    o_fix, lse_fix = ops._attention_fwd(q, k, v, 16, 2, 0.0, 0, tune=False)
+    assert rel_err(o, o_fix) <= 1e-6 and rel_err(lse, lse_fix) <= 1e-6
+    g = torch.randn_like(o)
+    tuned = ops._attention_bwd(g, q, k, v, o_fix, lse_fix, 16, 2, 0.0, 0, tune=True)
+    fixed = ops._attention_bwd(g, q, k, v, o_fix, lse_fix, 16, 2, 0.0, 0, tune=False)
+    assert all(rel_err(a, b) <= 1e-6 for a, b in zip(tuned, fixed))
+    assert all(t.best_config.kwargs["BN"] == 32 for t in ops._TUNED.values())

@@ -7,7 +7,7 @@ Docs: https://megalodon-lit.github.io/megalodon-lit/triton_attention.html.md"""
 # %% auto #0
 __all__ = ['dropkey_mask', 'attention_triton', 'attention_decode_triton']
 
-# %% ../../nbs/12_triton_attention.ipynb #06964513
+# %% ../../nbs/12_triton_attention.ipynb #d710bcef
 import torch
 import triton
 import triton.language as tl
@@ -16,7 +16,7 @@ from torch import Tensor
 from ..attention import _check_qkv
 from ..core import default_device, resolve_backend, triton_interpreting
 
-# %% ../../nbs/12_triton_attention.ipynb #d8993166
+# %% ../../nbs/12_triton_attention.ipynb #8f4155c1
 @triton.jit
 def _visible(qp, kp, C, W):
     "Multi-chunk causal rule on absolute positions qp [BM, 1] and kp [1, BN] (or transposed); keys < 0 are empty slots."
@@ -30,7 +30,7 @@ def _dropkey_keep(seed, bh, qp, kp, p_drop):
     r, _, _, _ = tl.philox(seed, kp + zero, qp + zero, zero + bh, zero)
     return tl.uint_to_uniform_float(r) >= p_drop
 
-# %% ../../nbs/12_triton_attention.ipynb #103504a5
+# %% ../../nbs/12_triton_attention.ipynb #3efc6117
 @triton.jit
 def _attention_fwd_kernel(
     Q, K, V, O, LSE,  # q [B, Lq, H, dz], k [B, Lk, H, dz], v [B, Lk, H, dv], o [B, Lq, H, dv], lse [B, H, Lq] fp32
@@ -98,7 +98,7 @@ def _attention_fwd_kernel(
     b_lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), 0.0)
     tl.store(LSE + i_bh.to(tl.int64) * Lq + o_m, b_lse, mask=m_m & (i_e == 0))
 
-# %% ../../nbs/12_triton_attention.ipynb #8018fae4
+# %% ../../nbs/12_triton_attention.ipynb #bccac693
 def _np2(n: int) -> int: return max(16, triton.next_power_of_2(n))
 
 def _config(dz: int, dv: int, dtype: torch.dtype, backward: bool = False, blocks: tuple | None = None) -> dict:
@@ -117,8 +117,36 @@ def _dot_options(dtype: torch.dtype) -> dict:
 
 def _last_dim_contiguous(*ts): return [t if t.stride(-1) == 1 else t.contiguous() for t in ts]
 
-def _attention_fwd(q: Tensor, k: Tensor, v: Tensor, C: int, W: int, p_drop: float, seed: int,
-                   q_start: int = 0, k_start: int = 0, blocks: tuple | None = None) -> tuple[Tensor, Tensor]:
+# %% ../../nbs/12_triton_attention.ipynb #dc8b6e5e
+# On a GPU the launchers let Triton pick the tile shape: each kernel is autotuned over a few (BM, BN, warps, stages),
+# keyed on the head sizes and dtypes. The interpreter, and callers passing `blocks`, use the one fixed config above.
+_FWD_TILES = [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 8, 2), (16, 16, 4, 2)]
+_BWD_TILES = [(64, 64, 8, 2), (64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 4, 2), (16, 16, 4, 2)]
+
+def _prune_tiles(configs, named_args, **kwargs):
+    "float32 (exact products on CUDA cores, tiles in registers) keeps 16 × 16; bfloat16 the rest, ≤ 64 × 64 when dz > 128."
+    fp32 = named_args["Q"].dtype == torch.float32
+    ok = [c for c in configs if (c.kwargs["BM"] == 16) == fp32 and (kwargs["BK"] <= 128 or c.kwargs["BM"] * c.kwargs["BN"] <= 64 * 64)]
+    return ok or configs[-1:]
+
+def _autotuned(kernel, tiles, do_bench=None):
+    "`kernel` under `triton.autotune` over the given (BM, BN, warps, stages)."
+    configs = [triton.Config({"BM": bm, "BN": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in tiles]
+    return triton.autotune(configs, key=["DZ", "DV", "DROPKEY", "WITH_DK", "WITH_DV"],
+                           prune_configs_by={"early_config_prune": _prune_tiles}, do_bench=do_bench)(kernel)
+
+_TUNED = {}  # kernel name → its autotuned wrapper, built on first use
+
+def _launch(kernel, tiles, grid, args, opts, cfg, tune):
+    "Launch on grid(BM, BN) with the fixed `cfg`, or through the autotuner (which then chooses BM, BN, warps, stages)."
+    if tune:
+        name = kernel.__name__
+        if name not in _TUNED: _TUNED[name] = _autotuned(kernel, tiles)
+        _TUNED[name][lambda meta: grid(meta["BM"], meta["BN"])](*args, **opts, BK=cfg["BK"], BDV=cfg["BDV"])
+    else: kernel[grid(cfg["BM"], cfg["BN"])](*args, **opts, **cfg)
+
+def _attention_fwd(q: Tensor, k: Tensor, v: Tensor, C: int, W: int, p_drop: float, seed: int, q_start: int = 0,
+                   k_start: int = 0, blocks: tuple | None = None, tune: bool | None = None) -> tuple[Tensor, Tensor]:
     "Launch the forward kernel: o [B, Lq, H, dv] in q's dtype and lse [B, H, Lq] in float32."
     q, k, v = _last_dim_contiguous(q, k, v)
     B, Lq, H, dz = q.shape
@@ -126,13 +154,14 @@ def _attention_fwd(q: Tensor, k: Tensor, v: Tensor, C: int, W: int, p_drop: floa
     o = torch.empty(B, Lq, H, dv, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, H, Lq, dtype=torch.float32, device=q.device)
     cfg = _config(dz, dv, q.dtype, blocks=blocks)
-    grid = (triton.cdiv(Lq, cfg["BM"]), B * H, triton.cdiv(dv, cfg["BDV"]))
-    _attention_fwd_kernel[grid](q, k, v, o, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
-                                H, Lq, Lk, dz, dv, C, W, q_start, k_start, seed, p_drop,
-                                DROPKEY=p_drop > 0, **_dot_options(q.dtype), **cfg)
+    tune = blocks is None and not triton_interpreting() if tune is None else tune
+    grid = lambda BM, BN: (triton.cdiv(Lq, BM), B * H, triton.cdiv(dv, cfg["BDV"]))
+    args = (q, k, v, o, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+            H, Lq, Lk, dz, dv, C, W, q_start, k_start, seed, p_drop)
+    _launch(_attention_fwd_kernel, _FWD_TILES, grid, args, dict(DROPKEY=p_drop > 0, **_dot_options(q.dtype)), cfg, tune)
     return o, lse
 
-# %% ../../nbs/12_triton_attention.ipynb #5f3b98f9
+# %% ../../nbs/12_triton_attention.ipynb #f6ddb747
 @triton.jit
 def _dropkey_mask_kernel(OUT, L, C, W, seed, p_drop, BM: tl.constexpr, BN: tl.constexpr):
     "Write the logits a kernel keeps, visible & not dropped, as int8 into OUT [B·H, L, L]."
@@ -160,7 +189,7 @@ def dropkey_mask(B: int, # batch size
     _dropkey_mask_kernel[grid](out, L, chunk_size, attention_chunks, int(seed), float(dropout), BM=BM, BN=BN)
     return out.view(B, H, L, L).bool()
 
-# %% ../../nbs/12_triton_attention.ipynb #1b1ae416
+# %% ../../nbs/12_triton_attention.ipynb #4e8fa29e
 @triton.jit
 def _attention_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,  # dq [B, L, H, dz] in q's dtype; lse, delta [B, H, L] fp32
@@ -215,7 +244,7 @@ def _attention_bwd_dq_kernel(
     p_dq = DQ + i_b * s_qb + i_h * s_qh + o_m[:, None].to(tl.int64) * s_ql + o_k[None, :]
     tl.store(p_dq, b_dq.to(DQ.dtype.element_ty), mask=m_m[:, None] & m_k[None, :])
 
-# %% ../../nbs/12_triton_attention.ipynb #e5f9db12
+# %% ../../nbs/12_triton_attention.ipynb #e39d86c0
 @triton.jit
 def _attention_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV_,  # dk [B, L, H, dz], dv [B, L, H, dv] (same strides as k, v)
@@ -283,9 +312,9 @@ def _attention_bwd_dkdv_kernel(
         p_dv = DV_ + i_b * s_vb + i_h * s_vh + o_j[:, None].to(tl.int64) * s_vl + o_ev[None, :]
         tl.store(p_dv, b_dv.to(DV_.dtype.element_ty), mask=m_j[:, None] & m_ev[None, :])
 
-# %% ../../nbs/12_triton_attention.ipynb #99a9d4ce
-def _attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, C: int, W: int,
-                   p_drop: float, seed: int, blocks: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
+# %% ../../nbs/12_triton_attention.ipynb #188d3c15
+def _attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, C: int, W: int, p_drop: float,
+                   seed: int, blocks: tuple | None = None, tune: bool | None = None) -> tuple[Tensor, Tensor, Tensor]:
     "Launch the backward kernels: dq, then dk and dv (one launch when a value tile spans dv, else two)."
     q, k, v = (t.contiguous() for t in (q, k, v))
     do = _last_dim_contiguous(do)[0]
@@ -294,16 +323,16 @@ def _attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: 
     delta = (do.float() * o.float()).sum(-1).transpose(1, 2).contiguous()  # [B, H, L] rowsum(dO ⊙ O)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     cfg = _config(dz, dv_, q.dtype, backward=True, blocks=blocks)
-    args = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], H, L, dz, dv_, C, W, seed, p_drop)
+    tune = blocks is None and not triton_interpreting() if tune is None else tune
     n_e = triton.cdiv(dv_, cfg["BDV"])
-    opts = dict(N_E=n_e, DROPKEY=p_drop > 0, **_dot_options(q.dtype), **cfg)
-    _attention_bwd_dq_kernel[(triton.cdiv(L, cfg["BM"]), B * H)](q, k, v, do, lse, delta, dq, *args, **opts)
-    dkdv = _attention_bwd_dkdv_kernel
-    if n_e == 1:
-        dkdv[(triton.cdiv(L, cfg["BN"]), B * H, 1)](q, k, v, do, lse, delta, dk, dv, *args, WITH_DK=True, WITH_DV=True, **opts)
+    args = (q, k, v, do, lse, delta, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], H, L, dz, dv_, C, W, seed, p_drop)
+    opts = dict(N_E=n_e, DROPKEY=p_drop > 0, **_dot_options(q.dtype))
+    _launch(_attention_bwd_dq_kernel, _BWD_TILES, lambda BM, BN: (triton.cdiv(L, BM), B * H), (*args[:6], dq, *args[6:]), opts, cfg, tune)
+    dkdv = lambda n, with_dk, with_dv: _launch(_attention_bwd_dkdv_kernel, _BWD_TILES, lambda BM, BN: (triton.cdiv(L, BN), B * H, n),
+                                               (*args[:6], dk, dv, *args[6:]), dict(opts, WITH_DK=with_dk, WITH_DV=with_dv), cfg, tune)
+    if n_e == 1: dkdv(1, True, True)
     else:  # wide values (the 7B shape): dV tiled over a grid axis, dK in its own launch
-        dkdv[(triton.cdiv(L, cfg["BN"]), B * H, n_e)](q, k, v, do, lse, delta, dk, dv, *args, WITH_DK=False, WITH_DV=True, **opts)
-        dkdv[(triton.cdiv(L, cfg["BN"]), B * H, 1)](q, k, v, do, lse, delta, dk, dv, *args, WITH_DK=True, WITH_DV=False, **opts)
+        dkdv(n_e, False, True); dkdv(1, True, False)
     return dq, dk, dv
 
 class _ChunkedAttention(torch.autograd.Function):
@@ -320,7 +349,7 @@ class _ChunkedAttention(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors
         return (*_attention_bwd(do, q, k, v, o, lse, *ctx.args), None, None, None, None, None)
 
-# %% ../../nbs/12_triton_attention.ipynb #be393fbe
+# %% ../../nbs/12_triton_attention.ipynb #b876c091
 def _draw_seed() -> int: return int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64).item())
 
 def attention_triton(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
@@ -344,7 +373,7 @@ def attention_triton(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
     seed = (_draw_seed() if seed is None else int(seed)) if p_drop > 0 else 0
     return _ChunkedAttention.apply(q, k, v, chunk_size, attention_chunks, p_drop, seed, blocks)
 
-# %% ../../nbs/12_triton_attention.ipynb #2e365d3a
+# %% ../../nbs/12_triton_attention.ipynb #3b6ae93a
 def attention_decode_triton(q: Tensor, # [B, n, H, dz] new queries at positions seen … seen+n−1 (RoPE applied)
                             k_cache: Tensor, # [B, Lk, H, dz] keys; the last n are the new ones, so slot s is at seen+n−Lk+s
                             v_cache: Tensor, # [B, Lk, H, dv] values at the same positions
