@@ -7,7 +7,7 @@ Docs: https://megalodon-lit.github.io/megalodon-lit/triton_attention.html.md"""
 # %% auto #0
 __all__ = ['dropkey_mask', 'attention_triton', 'attention_decode_triton']
 
-# %% ../../nbs/12_triton_attention.ipynb #d710bcef
+# %% ../../nbs/12_triton_attention.ipynb #attn003
 import torch
 import triton
 import triton.language as tl
@@ -16,7 +16,7 @@ from torch import Tensor
 from ..attention import _check_qkv
 from ..core import default_device, resolve_backend, triton_interpreting
 
-# %% ../../nbs/12_triton_attention.ipynb #8f4155c1
+# %% ../../nbs/12_triton_attention.ipynb #attn011
 @triton.jit
 def _visible(qp, kp, C, W):
     "Multi-chunk causal rule on absolute positions qp [BM, 1] and kp [1, BN] (or transposed); keys < 0 are empty slots."
@@ -30,7 +30,7 @@ def _dropkey_keep(seed, bh, qp, kp, p_drop):
     r, _, _, _ = tl.philox(seed, kp + zero, qp + zero, zero + bh, zero)
     return tl.uint_to_uniform_float(r) >= p_drop
 
-# %% ../../nbs/12_triton_attention.ipynb #3efc6117
+# %% ../../nbs/12_triton_attention.ipynb #attn013
 @triton.jit
 def _attention_fwd_kernel(
     Q, K, V, O, LSE,  # q [B, Lq, H, dz], k [B, Lk, H, dz], v [B, Lk, H, dv], o [B, Lq, H, dv], lse [B, H, Lq] fp32
@@ -98,11 +98,11 @@ def _attention_fwd_kernel(
     b_lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), 0.0)
     tl.store(LSE + i_bh.to(tl.int64) * Lq + o_m, b_lse, mask=m_m & (i_e == 0))
 
-# %% ../../nbs/12_triton_attention.ipynb #bccac693
+# %% ../../nbs/12_triton_attention.ipynb #attn015
 def _np2(n: int) -> int: return max(16, triton.next_power_of_2(n))
 
 def _config(dz: int, dv: int, dtype: torch.dtype, backward: bool = False, blocks: tuple | None = None) -> dict:
-    "Tile sizes (BM queries × BN keys, BDV value columns) and launch options; one config, no autotuning."
+    "Fixed tile sizes (BM queries × BN keys, BDV value columns) and launch options; when autotuning, only BK and BDV come from here."
     if blocks is not None: BM, BN, BDV = blocks; warps, stages = 4, 2
     elif triton_interpreting(): BM, BN, BDV, warps, stages = 16, 16, 16, 4, 1
     # float32 uses exact FMA products (input_precision="ieee"), held in registers: small tiles avoid spills
@@ -117,7 +117,7 @@ def _dot_options(dtype: torch.dtype) -> dict:
 
 def _last_dim_contiguous(*ts): return [t if t.stride(-1) == 1 else t.contiguous() for t in ts]
 
-# %% ../../nbs/12_triton_attention.ipynb #dc8b6e5e
+# %% ../../nbs/12_triton_attention.ipynb #attn017
 # On a GPU the launchers let Triton pick the tile shape: each kernel is autotuned over a few (BM, BN, warps, stages),
 # keyed on the head sizes and dtypes. The interpreter, and callers passing `blocks`, use the one fixed config above.
 _FWD_TILES = [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 8, 2), (16, 16, 4, 2)]
@@ -161,7 +161,7 @@ def _attention_fwd(q: Tensor, k: Tensor, v: Tensor, C: int, W: int, p_drop: floa
     _launch(_attention_fwd_kernel, _FWD_TILES, grid, args, dict(DROPKEY=p_drop > 0, **_dot_options(q.dtype)), cfg, tune)
     return o, lse
 
-# %% ../../nbs/12_triton_attention.ipynb #f6ddb747
+# %% ../../nbs/12_triton_attention.ipynb #attn022
 @triton.jit
 def _dropkey_mask_kernel(OUT, L, C, W, seed, p_drop, BM: tl.constexpr, BN: tl.constexpr):
     "Write the logits a kernel keeps, visible & not dropped, as int8 into OUT [B·H, L, L]."
@@ -189,7 +189,7 @@ def dropkey_mask(B: int, # batch size
     _dropkey_mask_kernel[grid](out, L, chunk_size, attention_chunks, int(seed), float(dropout), BM=BM, BN=BN)
     return out.view(B, H, L, L).bool()
 
-# %% ../../nbs/12_triton_attention.ipynb #4e8fa29e
+# %% ../../nbs/12_triton_attention.ipynb #attn028
 @triton.jit
 def _attention_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,  # dq [B, L, H, dz] in q's dtype; lse, delta [B, H, L] fp32
@@ -244,7 +244,7 @@ def _attention_bwd_dq_kernel(
     p_dq = DQ + i_b * s_qb + i_h * s_qh + o_m[:, None].to(tl.int64) * s_ql + o_k[None, :]
     tl.store(p_dq, b_dq.to(DQ.dtype.element_ty), mask=m_m[:, None] & m_k[None, :])
 
-# %% ../../nbs/12_triton_attention.ipynb #e39d86c0
+# %% ../../nbs/12_triton_attention.ipynb #attn029
 @triton.jit
 def _attention_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV_,  # dk [B, L, H, dz], dv [B, L, H, dv] (same strides as k, v)
@@ -312,7 +312,7 @@ def _attention_bwd_dkdv_kernel(
         p_dv = DV_ + i_b * s_vb + i_h * s_vh + o_j[:, None].to(tl.int64) * s_vl + o_ev[None, :]
         tl.store(p_dv, b_dv.to(DV_.dtype.element_ty), mask=m_j[:, None] & m_ev[None, :])
 
-# %% ../../nbs/12_triton_attention.ipynb #188d3c15
+# %% ../../nbs/12_triton_attention.ipynb #attn030
 def _attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, C: int, W: int, p_drop: float,
                    seed: int, blocks: tuple | None = None, tune: bool | None = None) -> tuple[Tensor, Tensor, Tensor]:
     "Launch the backward kernels: dq, then dk and dv (one launch when a value tile spans dv, else two)."
@@ -349,7 +349,7 @@ class _ChunkedAttention(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors
         return (*_attention_bwd(do, q, k, v, o, lse, *ctx.args), None, None, None, None, None)
 
-# %% ../../nbs/12_triton_attention.ipynb #b876c091
+# %% ../../nbs/12_triton_attention.ipynb #attn032
 def _draw_seed() -> int: return int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64).item())
 
 def attention_triton(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
@@ -373,7 +373,7 @@ def attention_triton(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
     seed = (_draw_seed() if seed is None else int(seed)) if p_drop > 0 else 0
     return _ChunkedAttention.apply(q, k, v, chunk_size, attention_chunks, p_drop, seed, blocks)
 
-# %% ../../nbs/12_triton_attention.ipynb #3b6ae93a
+# %% ../../nbs/12_triton_attention.ipynb #attn038
 def attention_decode_triton(q: Tensor, # [B, n, H, dz] new queries at positions seen … seen+n−1 (RoPE applied)
                             k_cache: Tensor, # [B, Lk, H, dz] keys; the last n are the new ones, so slot s is at seen+n−Lk+s
                             v_cache: Tensor, # [B, Lk, H, dv] values at the same positions
