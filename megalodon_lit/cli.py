@@ -144,6 +144,12 @@ def bench_all(device: str | None = None, # None: CUDA if present, else CPU
         qa = torch.randn(1, L, 2, 32, device=dev); va = torch.randn(1, L, 2, 64, device=dev)
         res["attention"] = {"dense": median_time(lambda: attention_ref(qa, qa, va, 128), repeats=reps),
                             "chunked": median_time(lambda: attention_chunked(qa, qa, va, 128), repeats=reps)}
+        if dev.type == "cuda" and triton_available():  # the kernels of notebooks 10-12 (timed on CUDA only: interpreter times mean nothing)
+            from megalodon_lit.ops.cema import cema_triton
+            from megalodon_lit.ops.attention import attention_triton
+            res["cema"]["triton"] = median_time(lambda: cema_triton(x, p, q, g), repeats=reps)
+            res["timestep_norm"]["triton"] = median_time(lambda: timestep_norm(xt, *args, backend="triton"), repeats=reps)
+            res["attention"]["triton"] = median_time(lambda: attention_triton(qa, qa, va, 128), repeats=reps)
         model = MegalodonForCausalLM(MegalodonConfig.from_preset("tiny")).to(dev).eval()
         ids = torch.randint(0, 256, (1, L), device=dev)
         fwd = median_time(lambda: model(ids), repeats=reps)
@@ -164,6 +170,9 @@ def bench_all(device: str | None = None, # None: CUDA if present, else CPU
         f"  -> chunked {c['recurrence'] / c['chunked']:.1f}x the recurrence, {c['fft'] / c['chunked']:.1f}x fft")
     log(f"  TimestepNorm loop {n['ref'] * 1e3:8.1f} ms | vectorised {n['torch'] * 1e3:7.1f} ms  -> {n['ref'] / n['torch']:.1f}x")
     log(f"  attention  dense  {a['dense'] * 1e3:8.1f} ms | chunked {a['chunked'] * 1e3:7.1f} ms  -> {a['dense'] / a['chunked']:.1f}x (C = 128)")
+    if "triton" in c:
+        log(f"  Triton kernels: CEMA {c['triton'] * 1e3:.2f} ms ({c['chunked'] / c['triton']:.1f}x chunked), TimestepNorm {n['triton'] * 1e3:.2f} ms "
+            f"({n['torch'] / n['triton']:.1f}x vectorised), attention {a['triton'] * 1e3:.2f} ms ({a['chunked'] / a['triton']:.1f}x chunked)")
     log(f"  model (tiny) forward {res['model']['forward tokens/s']:,.0f} tokens/s; decode {d1 * 1e3:.2f} ms/token at position {s1} vs "
         f"{d2 * 1e3:.2f} ms at {s2} (ratio {d2 / d1:.2f}); cache bytes {res['model']['cache bytes'][s1]:,} vs {res['model']['cache bytes'][s2]:,}")
     return res
