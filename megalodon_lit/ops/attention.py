@@ -32,6 +32,38 @@ def _dropkey_keep(seed, bh, qp, kp, p_drop):
 
 # %% ../../nbs/12_triton_attention.ipynb #attn013
 @triton.jit
+def _fwd_tile(b_q, m_i, l_i, acc, k_head, v_head, n0, o_n, o_k, o_e, m_k, m_e, q_pos, s_kl, s_vl,
+              Lk, k_start, C, W, seed, i_bh, p_drop,
+              MASK: tl.constexpr, DROPKEY: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    "One key tile of the online softmax: logits, (mask,) rescale, accumulate. Returns the new m_i, l_i, acc."
+    o_j = n0 + o_n
+    m_j = o_j < Lk
+    p_k = k_head + o_j[:, None].to(tl.int64) * s_kl + o_k[None, :]
+    p_v = v_head + o_j[:, None].to(tl.int64) * s_vl + o_e[None, :]
+    b_k = tl.load(p_k, mask=m_j[:, None] & m_k[None, :], other=0.0)
+    b_v = tl.load(p_v, mask=m_j[:, None] & m_e[None, :], other=0.0)
+    if UPCAST:
+        b_k, b_v = b_k.to(tl.float32), b_v.to(tl.float32)
+    b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # [BM, BN] logits, scale 1.0
+    k_pos = k_start + o_j
+    if MASK:
+        ok = _visible(q_pos[:, None], k_pos[None, :], C, W) & m_j[None, :]
+        if DROPKEY: ok = ok & _dropkey_keep(seed, i_bh, q_pos[:, None], k_pos[None, :], p_drop)
+        b_s = tl.where(ok, b_s, float("-inf"))
+    elif DROPKEY:
+        b_s = tl.where(_dropkey_keep(seed, i_bh, q_pos[:, None], k_pos[None, :], p_drop), b_s, float("-inf"))
+    # Online softmax: rescale what we have by exp(m_old − m_new). A row that has seen nothing yet keeps
+    # m = −inf; subtracting 0 instead keeps exp() away from (−inf) − (−inf) = NaN.
+    m_new = tl.maximum(m_i, tl.max(b_s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    b_p = tl.exp(b_s - m_safe[:, None])
+    alpha = tl.exp(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(b_p, 1)
+    acc = acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PREC)
+    return m_new, l_i, acc
+
+# %% ../../nbs/12_triton_attention.ipynb #attn015
+@triton.jit
 def _attention_fwd_kernel(
     Q, K, V, O, LSE,  # q [B, Lq, H, dz], k [B, Lk, H, dz], v [B, Lk, H, dv], o [B, Lq, H, dv], lse [B, H, Lq] fp32
     s_qb, s_ql, s_qh, s_kb, s_kl, s_kh, s_vb, s_vl, s_vh, s_ob, s_ol, s_oh,
@@ -62,32 +94,25 @@ def _attention_fwd_kernel(
     hi = tl.minimum(last_q + 1 - k_start, Lk)
     lo = (lo // BN) * BN
 
+    # Tiles visible to every query of the tile (all keys at or before the first query, inside the last query's
+    # window) skip the element mask: three loops, masked / unmasked / masked, visit every tile of the band once.
+    full_lo = tl.maximum((last_q // C - W + 1) * C, 0) - k_start
+    full_lo = tl.minimum(lo + tl.cdiv(tl.maximum(full_lo - lo, 0), BN) * BN, hi)
+    full_end = tl.minimum(first_q - k_start + 1, Lk)
+    full_hi = full_lo + tl.maximum(full_end - full_lo, 0) // BN * BN
+
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, BDV], tl.float32)
-    for n0 in range(lo, hi, BN):
-        o_j = n0 + o_n
-        m_j = o_j < Lk
-        p_k = k_head + o_j[:, None].to(tl.int64) * s_kl + o_k[None, :]
-        p_v = v_head + o_j[:, None].to(tl.int64) * s_vl + o_e[None, :]
-        b_k = tl.load(p_k, mask=m_j[:, None] & m_k[None, :], other=0.0)
-        b_v = tl.load(p_v, mask=m_j[:, None] & m_e[None, :], other=0.0)
-        if UPCAST:
-            b_k, b_v = b_k.to(tl.float32), b_v.to(tl.float32)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # [BM, BN] logits, scale 1.0
-        k_pos = k_start + o_j
-        ok = _visible(q_pos[:, None], k_pos[None, :], C, W) & m_j[None, :]
-        if DROPKEY: ok = ok & _dropkey_keep(seed, i_bh, q_pos[:, None], k_pos[None, :], p_drop)
-        b_s = tl.where(ok, b_s, float("-inf"))
-        # Online softmax: rescale what we have by exp(m_old − m_new). A row that has seen nothing yet keeps
-        # m = −inf; subtracting 0 instead keeps exp() away from (−inf) − (−inf) = NaN.
-        m_new = tl.maximum(m_i, tl.max(b_s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        b_p = tl.exp(b_s - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(b_p, 1)
-        acc = acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PREC)
-        m_i = m_new
+    for n0 in range(lo, full_lo, BN):
+        m_i, l_i, acc = _fwd_tile(b_q, m_i, l_i, acc, k_head, v_head, n0, o_n, o_k, o_e, m_k, m_e, q_pos, s_kl, s_vl,
+                                  Lk, k_start, C, W, seed, i_bh, p_drop, True, DROPKEY, UPCAST, PREC)
+    for n0 in range(full_lo, full_hi, BN):
+        m_i, l_i, acc = _fwd_tile(b_q, m_i, l_i, acc, k_head, v_head, n0, o_n, o_k, o_e, m_k, m_e, q_pos, s_kl, s_vl,
+                                  Lk, k_start, C, W, seed, i_bh, p_drop, False, DROPKEY, UPCAST, PREC)
+    for n0 in range(full_hi, hi, BN):
+        m_i, l_i, acc = _fwd_tile(b_q, m_i, l_i, acc, k_head, v_head, n0, o_n, o_k, o_e, m_k, m_e, q_pos, s_kl, s_vl,
+                                  Lk, k_start, C, W, seed, i_bh, p_drop, True, DROPKEY, UPCAST, PREC)
 
     # A row with every key masked (possible only with DropKey) outputs zeros, as upstream's fused kernel.
     has = l_i > 0
@@ -98,7 +123,7 @@ def _attention_fwd_kernel(
     b_lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), 0.0)
     tl.store(LSE + i_bh.to(tl.int64) * Lq + o_m, b_lse, mask=m_m & (i_e == 0))
 
-# %% ../../nbs/12_triton_attention.ipynb #attn015
+# %% ../../nbs/12_triton_attention.ipynb #attn017
 def _np2(n: int) -> int: return max(16, triton.next_power_of_2(n))
 
 def _config(dz: int, dv: int, dtype: torch.dtype, backward: bool = False, blocks: tuple | None = None) -> dict:
@@ -117,7 +142,7 @@ def _dot_options(dtype: torch.dtype) -> dict:
 
 def _last_dim_contiguous(*ts): return [t if t.stride(-1) == 1 else t.contiguous() for t in ts]
 
-# %% ../../nbs/12_triton_attention.ipynb #attn017
+# %% ../../nbs/12_triton_attention.ipynb #attn019
 # On a GPU the launchers let Triton pick the tile shape: each kernel is autotuned over a few (BM, BN, warps, stages),
 # keyed on the head sizes and dtypes. The interpreter, and callers passing `blocks`, use the one fixed config above.
 _FWD_TILES = [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 8, 2), (16, 16, 4, 2)]
@@ -161,7 +186,7 @@ def _attention_fwd(q: Tensor, k: Tensor, v: Tensor, C: int, W: int, p_drop: floa
     _launch(_attention_fwd_kernel, _FWD_TILES, grid, args, dict(DROPKEY=p_drop > 0, **_dot_options(q.dtype)), cfg, tune)
     return o, lse
 
-# %% ../../nbs/12_triton_attention.ipynb #attn022
+# %% ../../nbs/12_triton_attention.ipynb #attn024
 @triton.jit
 def _dropkey_mask_kernel(OUT, L, C, W, seed, p_drop, BM: tl.constexpr, BN: tl.constexpr):
     "Write the logits a kernel keeps, visible & not dropped, as int8 into OUT [B·H, L, L]."
@@ -189,7 +214,7 @@ def dropkey_mask(B: int, # batch size
     _dropkey_mask_kernel[grid](out, L, chunk_size, attention_chunks, int(seed), float(dropout), BM=BM, BN=BN)
     return out.view(B, H, L, L).bool()
 
-# %% ../../nbs/12_triton_attention.ipynb #attn028
+# %% ../../nbs/12_triton_attention.ipynb #attn030
 @triton.jit
 def _attention_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,  # dq [B, L, H, dz] in q's dtype; lse, delta [B, H, L] fp32
@@ -244,7 +269,7 @@ def _attention_bwd_dq_kernel(
     p_dq = DQ + i_b * s_qb + i_h * s_qh + o_m[:, None].to(tl.int64) * s_ql + o_k[None, :]
     tl.store(p_dq, b_dq.to(DQ.dtype.element_ty), mask=m_m[:, None] & m_k[None, :])
 
-# %% ../../nbs/12_triton_attention.ipynb #attn029
+# %% ../../nbs/12_triton_attention.ipynb #attn031
 @triton.jit
 def _attention_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV_,  # dk [B, L, H, dz], dv [B, L, H, dv] (same strides as k, v)
@@ -312,7 +337,7 @@ def _attention_bwd_dkdv_kernel(
         p_dv = DV_ + i_b * s_vb + i_h * s_vh + o_j[:, None].to(tl.int64) * s_vl + o_ev[None, :]
         tl.store(p_dv, b_dv.to(DV_.dtype.element_ty), mask=m_j[:, None] & m_ev[None, :])
 
-# %% ../../nbs/12_triton_attention.ipynb #attn030
+# %% ../../nbs/12_triton_attention.ipynb #attn032
 def _attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, C: int, W: int, p_drop: float,
                    seed: int, blocks: tuple | None = None, tune: bool | None = None) -> tuple[Tensor, Tensor, Tensor]:
     "Launch the backward kernels: dq, then dk and dv (one launch when a value tile spans dv, else two)."
@@ -349,7 +374,7 @@ class _ChunkedAttention(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors
         return (*_attention_bwd(do, q, k, v, o, lse, *ctx.args), None, None, None, None, None)
 
-# %% ../../nbs/12_triton_attention.ipynb #attn032
+# %% ../../nbs/12_triton_attention.ipynb #attn034
 def _draw_seed() -> int: return int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64).item())
 
 def attention_triton(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
@@ -373,7 +398,7 @@ def attention_triton(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
     seed = (_draw_seed() if seed is None else int(seed)) if p_drop > 0 else 0
     return _ChunkedAttention.apply(q, k, v, chunk_size, attention_chunks, p_drop, seed, blocks)
 
-# %% ../../nbs/12_triton_attention.ipynb #attn038
+# %% ../../nbs/12_triton_attention.ipynb #attn040
 def attention_decode_triton(q: Tensor, # [B, n, H, dz] new queries at positions seen … seen+n−1 (RoPE applied)
                             k_cache: Tensor, # [B, Lk, H, dz] keys; the last n are the new ones, so slot s is at seen+n−Lk+s
                             v_cache: Tensor, # [B, Lk, H, dv] values at the same positions
