@@ -4,10 +4,10 @@ Each kernel has its own parity tests (tests/test_ops_*.py, nbs/10-12); these che
 `backend="triton"` reaches the kernels from the public functions and the model, forward, backward and the
 streaming decode path, and that "auto" chooses as documented."""
 import os
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel is defined
-
 import pytest
 import torch
+
+if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
 
 pytest.importorskip("triton")
 from megalodon_lit.attention import attention_ref, attention_step
@@ -16,6 +16,8 @@ from megalodon_lit.model import MegalodonConfig, MegalodonForCausalLM
 
 torch.set_num_threads(1)
 TOL = 1e-5
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+DEV = torch.device("cpu") if INTERPRET else torch.device("cuda")
 
 
 # Smaller than the nano preset: the interpreter runs every program of a kernel in numpy, one after another.
@@ -28,12 +30,12 @@ def _pair(W=1):
     fast = MegalodonForCausalLM(MegalodonConfig(backend="triton", **cfg))
     ref = MegalodonForCausalLM(MegalodonConfig(backend="torch", **cfg))
     ref.load_state_dict(fast.state_dict())
-    return fast, ref
+    return fast.to(DEV), ref.to(DEV)
 
 
 def test_model_on_kernels_matches_torch_paths():
     fast, ref = _pair(2)  # W = 2: the multi-chunk mask (W = 1 is covered by each kernel's own tests)
-    ids = torch.randint(0, 64, (2, 21))
+    ids = torch.randint(0, 64, (2, 21), device=DEV)
     a, b = fast(ids, labels=ids), ref(ids, labels=ids)
     assert rel_err(a.logits, b.logits) <= TOL
     ga = torch.autograd.grad(a.loss, list(fast.parameters()))
@@ -45,7 +47,7 @@ def test_model_on_kernels_matches_torch_paths():
 def test_streaming_decode_on_kernels_matches_one_call():
     fast, _ = _pair(2)
     fast.eval()
-    ids = torch.randint(0, 64, (1, 21))
+    ids = torch.randint(0, 64, (1, 21), device=DEV)
     with torch.no_grad():
         whole = fast(ids).logits
         outs, cache, i = [], None, 0
@@ -59,7 +61,7 @@ def test_attention_step_uses_the_decode_kernel_for_inference(monkeypatch):
     calls = []
     real = ops.attention_decode_triton
     monkeypatch.setattr(ops, "attention_decode_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
-    q, k, v = torch.randn(1, 21, 2, 8), torch.randn(1, 21, 2, 8), torch.randn(1, 21, 2, 12)
+    q, k, v = (torch.randn(1, 21, 2, d, device=DEV) for d in (8, 8, 12))
     with torch.no_grad():
         outs, cache, i = [], None, 0
         for n in (5, 1, 15):
@@ -72,7 +74,15 @@ def test_attention_step_uses_the_decode_kernel_for_inference(monkeypatch):
     assert not calls
 
 
+@pytest.mark.skipif(not INTERPRET, reason="CPU tensors reach the kernels only through the interpreter")
 def test_auto_on_cpu_is_torch():
     x = torch.randn(2, 3)
     assert resolve_backend("auto", x, available=("ref", "torch", "triton")) == "torch"
     assert resolve_backend("triton", x, available=("ref", "torch", "triton")) == "triton"  # the interpreter is on
+
+
+@pytest.mark.skipif(INTERPRET, reason="needs CUDA")
+def test_auto_on_cuda_picks_kernels_except_float64():
+    x = torch.randn(2, 3, device="cuda")
+    assert resolve_backend("auto", x, available=("ref", "torch", "triton")) == "triton"
+    assert resolve_backend("auto", x.double(), available=("ref", "torch", "triton")) == "torch"

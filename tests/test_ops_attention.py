@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
+if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
 pytest.importorskip("triton")
-if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
 
 from megalodon_lit.attention import _softmax_attend, attention_mask, attention_ref
 from megalodon_lit.core import rel_err
