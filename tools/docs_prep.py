@@ -49,8 +49,13 @@ def run_proc_nbs(force: bool) -> Path:
     # with an import in it, so a test cell that imports and then does real work runs here too.
     os.environ["PYTHONWARNINGS"] = "ignore::UserWarning:nbdev.processors"
     warnings.filterwarnings("ignore", category=UserWarning, module="nbdev.processors")
+    import nbdev.serve_drv
     from nbdev.serve import proc_nbs
     os.chdir(ROOT)
+    # proc_nbs hands `nbdev.serve_drv.main` to its (spawned) workers; ours, from an importable module
+    # beside this script, first stops nbdev from running the cells that nbdev-test skips.
+    from docs_skip import serve_without_flagged_cells
+    nbdev.serve_drv.main = serve_without_flagged_cells
     return Path(proc_nbs(force=force, n_workers=min(8, os.cpu_count() or 1)))
 
 
