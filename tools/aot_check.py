@@ -9,6 +9,7 @@ cubin (ptxas included). Nothing executes: outputs stay uninitialised, only compi
 
     python tools/aot_check.py            # the failures and a summary; exit 1 on a failure
     python tools/aot_check.py -v         # one line per distinct kernel specialisation
+    python tools/aot_check.py --all-configs   # every configuration an autotuner may pick, not only its first
 
 What it does not check: numerical results on the GPU, speed, register spills (the launch-time limit).
 """
@@ -62,14 +63,17 @@ def _compile(self: JITFunction, *args, grid, warmup, **kwargs):
         shared = k.metadata.shared
         results[key] = "ok" if shared <= SMEM_H100 else f"FAIL: {shared} bytes of shared memory > {SMEM_H100}"
         results[key] += f" (shared {shared} B)"
+        if "-v" in sys.argv[1:]: print(f"{len(results):3d} {self.fn.__name__}: {results[key]}", flush=True)
     except Exception as e:  # noqa: BLE001 - every compiler error is a finding
         results[key] = "FAIL: " + "".join(traceback.format_exception_only(e)).strip().splitlines()[-1][:300]
     return None
 
 
 def _autotune_all(self: Autotuner, *args, **kwargs):
-    "Compile every configuration of an autotuned kernel (there is no GPU to time them on)."
-    for cfg in self.configs:
+    "Compile the configurations an autotuned kernel would time here (its own pruning applied), instead of timing them."
+    self.nargs = dict(zip(self.arg_names, args))
+    configs = self.prune_configs(kwargs)
+    for cfg in configs if "--all-configs" in sys.argv[1:] else configs[:1]:
         self.fn.run(*args, **kwargs, **cfg.all_kwargs())
 
 
