@@ -199,7 +199,9 @@ def test_source_link_opens_the_code(site, page):
 
 def test_search_finds_a_symbol(site, page):
     page.goto(f"{site}/search.html?q=TimestepNorm")
-    page.wait_for("document.querySelectorAll('ul.search li').length > 0", 30)
+    # Sphinx lists hits one at a time; its status line says "Search finished" when the list is complete.
+    page.wait_for("document.querySelector('p.search-summary') !== null && "
+                  "document.querySelector('p.search-summary').innerText.includes('Search finished')", 30)
     hits = page.eval("[...document.querySelectorAll('ul.search li a')].map(a => a.getAttribute('href'))")
     assert any(h.startswith("timestep_norm.html") for h in hits), hits
     assert page.problems() == [], page.problems()
