@@ -185,9 +185,9 @@ def attention(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
               backend: str = "auto", # "ref", "torch", "triton" (kernel, nb 12) or "auto"
              ) -> Tensor: # [B, L, H, dv]
     "Chunked (multi-chunk) causal attention through the chosen backend."
+    path = resolve_backend(backend, q, k, v, available=("ref", "torch", "triton"))
     # The kernel implements DropKey only; with upstream's post-softmax dropout "auto" stays on the PyTorch path.
-    kernel_ok = not (dropout > 0 and not dropkey)
-    path = resolve_backend(backend, q, k, v, available=("ref", "torch", "triton") if kernel_ok or backend == "triton" else ("ref", "torch"))
+    if path == "triton" and backend == "auto" and dropout > 0 and not dropkey: path = "torch"
     with torch.profiler.record_function("megalodon.attention"):
         if path == "triton":
             from megalodon_lit.ops.attention import attention_triton  # imported on use: needs triton

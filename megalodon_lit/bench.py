@@ -304,9 +304,11 @@ def _fmt(r: dict) -> str:
     if r.get("peak_bytes") is not None: parts.append(f"peak {r['peak_bytes'] / 2**30:.2f} GiB")
     return ", ".join(parts)
 
+def _config(preset: str, layers: int | None, backend: str = "torch") -> MegalodonConfig:
+    return MegalodonConfig.from_preset(preset, backend=backend, **({"num_layers": layers} if layers else {}))
+
 def _megalodon(preset: str, layers: int | None, backend: str) -> MegalodonForCausalLM:
-    cfg = MegalodonConfig.from_preset(preset, backend=backend, **({"num_layers": layers} if layers else {}))
-    return MegalodonForCausalLM(cfg)
+    return MegalodonForCausalLM(_config(preset, layers, backend))
 
 # %% ../nbs/20_benchmarks.ipynb #b7b9e314
 def run_benchmarks(parts: tuple[str, ...] = ("train", "decode", "profile"), # what to run
@@ -328,11 +330,11 @@ def run_benchmarks(parts: tuple[str, ...] = ("train", "decode", "profile"), # wh
             for b in backends:
                 r = bench_train(_megalodon(preset, layers, b), L, S["batch_size"], dev, out["matmul_flops"])
                 out["train"].append(dict(model=name, impl=f"megalodon/{b}", **r)); log(f"train {name} megalodon/{b} L={L}: {_fmt(r)}")
-            r = bench_train(LlamaBaseline.matching(_megalodon(preset, layers, "torch").config), L, S["batch_size"], dev, out["matmul_flops"])
+            r = bench_train(LlamaBaseline.matching(_config(preset, layers)), L, S["batch_size"], dev, out["matmul_flops"])
             out["train"].append(dict(model=name, impl="transformer", **r)); log(f"train {name} transformer L={L}: {_fmt(r)}")
         if "decode" in parts:
             for impl, m in ((f"megalodon/{backends[-1]}", _megalodon(preset, layers, backends[-1])),
-                            ("transformer", LlamaBaseline.matching(_megalodon(preset, layers, "torch").config))):
+                            ("transformer", LlamaBaseline.matching(_config(preset, layers)))):
                 for r in bench_decode(m, S["decode_ctx"], dev):
                     out["decode"].append(dict(model=name, impl=impl, **r)); log(f"decode {name} {impl} context {r['context']}: {_fmt(r)}")
         if "profile" in parts:

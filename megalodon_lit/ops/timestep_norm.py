@@ -62,13 +62,8 @@ def _fwd_walk(mu, s2, k, n_s, M_s, V_s):
     return M, V, n_e, M_e, V_e
 
 @triton.jit
-def _fwd_tile(p_x, p_k, p_y, p_M, p_r, b_a, b_b, i_b, i_g, t0, n_s, M_s, V_s, L, D, G, Dg, eps,
-              BT: tl.constexpr, BD: tl.constexpr):
-    "Normalise one tile of one group from its start state; save the running mean and rstd; return the end state."
-    b_x, base, o_x, m_x, o_t, m_t, m_d = _group_tile(p_x, i_b, i_g, t0, L, D, Dg, BT, BD)
-    k = tl.load(p_k + i_b * L + o_t, mask=m_t, other=0.)
-    mu, s2 = _group_moments(b_x, m_d, Dg)
-    M, V, n_e, M_e, V_e = _fwd_walk(mu, s2, k, n_s, M_s, V_s)
+def _normalise_store(p_y, p_M, p_r, b_x, k, M, V, b_a, b_b, base, o_x, m_x, o_t, m_t, i_b, i_g, L, G, eps):
+    "Write y = (x − M)·rstd·(1+w) + b (0 on padded steps) and save each step's mean and rstd for the backward."
     rstd = tl.rsqrt(V + eps)
     b_y = (b_x - M[:, None]) * rstd[:, None] * b_a[None, :] + b_b[None, :]
     b_y = tl.where(k[:, None] > 0, b_y, 0.)
@@ -76,6 +71,16 @@ def _fwd_tile(p_x, p_k, p_y, p_M, p_r, b_a, b_b, i_b, i_g, t0, n_s, M_s, V_s, L,
     o_s = (i_b.to(tl.int64) * L + o_t) * G + i_g
     tl.store(p_M + o_s, M, mask=m_t)
     tl.store(p_r + o_s, rstd, mask=m_t)
+
+@triton.jit
+def _fwd_tile(p_x, p_k, p_y, p_M, p_r, b_a, b_b, i_b, i_g, t0, n_s, M_s, V_s, L, D, G, Dg, eps,
+              BT: tl.constexpr, BD: tl.constexpr):
+    "Normalise one tile of one group from its start state; save the running mean and rstd; return the end state."
+    b_x, base, o_x, m_x, o_t, m_t, m_d = _group_tile(p_x, i_b, i_g, t0, L, D, Dg, BT, BD)
+    k = tl.load(p_k + i_b * L + o_t, mask=m_t, other=0.)
+    mu, s2 = _group_moments(b_x, m_d, Dg)
+    M, V, n_e, M_e, V_e = _fwd_walk(mu, s2, k, n_s, M_s, V_s)
+    _normalise_store(p_y, p_M, p_r, b_x, k, M, V, b_a, b_b, base, o_x, m_x, o_t, m_t, i_b, i_g, L, G, eps)
     return n_e, M_e, V_e
 
 # %% ../../nbs/11_triton_timestep_norm.ipynb #9cad0f11
@@ -228,13 +233,7 @@ def _tsn_fwd_chain_kernel(p_x, p_k, p_a, p_b, p_ns, p_m0, p_v0, p_tk, p_chain, p
     M, V, n_e, M_e, V_e = _fwd_walk(mu, s2, k, n_s, M_s, V_s)
     tl.atomic_xchg(p_chain + bg * NT + i_t,
                    (M_e.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (V_e.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF))
-    rstd = tl.rsqrt(V + eps)
-    b_y = (b_x - M[:, None]) * rstd[:, None] * b_a[None, :] + b_b[None, :]
-    b_y = tl.where(k[:, None] > 0, b_y, 0.)
-    tl.store(p_y + base + o_x, b_y.to(p_y.dtype.element_ty), mask=m_x)
-    o_s = (i_b.to(tl.int64) * L + o_t) * G + i_g
-    tl.store(p_M + o_s, M, mask=m_t)
-    tl.store(p_r + o_s, rstd, mask=m_t)
+    _normalise_store(p_y, p_M, p_r, b_x, k, M, V, b_a, b_b, base, o_x, m_x, o_t, m_t, i_b, i_g, L, G, eps)
     if i_t == NT - 1:
         tl.store(p_Mf + bg, M_e)
         tl.store(p_Vf + bg, V_e)
