@@ -14,6 +14,7 @@ import os
 import math
 import platform
 import re
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -315,8 +316,11 @@ def run_benchmarks(parts: tuple[str, ...] = ("train", "decode", "profile"), # wh
                    size: str = "cpu", # a key of `BENCH_SIZES`
                    device: str | torch.device | None = None, # None: CUDA if present
                    log: Callable[[str], None] = print, # progress lines
+                   budget_s: float | None = None, # start no new measurement after this many seconds (None: no limit)
+                   checkpoint: Callable[[dict], object] | None = None, # called with the results after every row (e.g. save them)
                   ) -> dict: # {"record", "size", "train": [...], "decode": [...], "profile": {...}}
-    "Training, decoding and profile benchmarks of Megalodon (PyTorch paths and kernels) and the Transformer baseline."
+    """Training, decoding and profile benchmarks of Megalodon (PyTorch paths and kernels) and the Transformer baseline.
+    A measurement not started within `budget_s` is recorded as `skipped`, so a run cut short says what it left out."""
     if size not in BENCH_SIZES: raise ValueError(f"size must be one of {sorted(BENCH_SIZES)}, got {size!r}")
     bad = set(parts) - {"train", "decode", "profile"}
     if bad: raise ValueError(f"unknown parts {sorted(bad)}; choose from train, decode, profile")
@@ -325,22 +329,37 @@ def run_benchmarks(parts: tuple[str, ...] = ("train", "decode", "profile"), # wh
     # The kernels only run on CUDA: on a CPU "auto" is the PyTorch path and the two rows would be the same run.
     backends = ("torch", "auto") if dev.type == "cuda" else ("torch",)
     out = dict(record=device_record(dev), size=size, matmul_flops=matmul_rate(dev), train=[], decode=[], profile={})
+    t_end = None if budget_s is None else time.monotonic() + budget_s
+    def row(part: str, what: str, key: dict, lengths: list[dict], measure: Callable[[], object]) -> None:
+        "Measure (the rows of one call), or once the budget is spent record each length as skipped; log; checkpoint."
+        if t_end is not None and time.monotonic() > t_end:
+            skipped = dict(skipped=f"time budget of {budget_s:.0f} s spent")
+            if part == "profile": out["profile"][key["impl"]] = skipped
+            else: out[part] += [{**key, **n, **skipped} for n in lengths]
+            log(f"{part} {what}: skipped (time budget)")
+        elif part == "profile":
+            out["profile"][key["impl"]] = p = measure()
+            log(f"profile {what}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in p.items()))
+        else:
+            for r in measure():
+                out[part].append({**key, **r}); log(f"{part} {what} {'L=' + str(r['seq_len']) if 'seq_len' in r else 'context ' + str(r['context'])}: {_fmt(r)}")
+        if checkpoint: checkpoint(out)
     for name, (preset, layers) in S["models"].items():
         for L in S["train_ctx"] if "train" in parts else []:
             for b in backends:
-                r = bench_train(_megalodon(preset, layers, b), L, S["batch_size"], dev, out["matmul_flops"])
-                out["train"].append(dict(model=name, impl=f"megalodon/{b}", **r)); log(f"train {name} megalodon/{b} L={L}: {_fmt(r)}")
-            r = bench_train(LlamaBaseline.matching(_config(preset, layers)), L, S["batch_size"], dev, out["matmul_flops"])
-            out["train"].append(dict(model=name, impl="transformer", **r)); log(f"train {name} transformer L={L}: {_fmt(r)}")
+                row("train", f"{name} megalodon/{b}", dict(model=name, impl=f"megalodon/{b}"), [dict(seq_len=L)],
+                    lambda: [bench_train(_megalodon(preset, layers, b), L, S["batch_size"], dev, out["matmul_flops"])])
+            row("train", f"{name} transformer", dict(model=name, impl="transformer"), [dict(seq_len=L)],
+                lambda: [bench_train(LlamaBaseline.matching(_config(preset, layers)), L, S["batch_size"], dev, out["matmul_flops"])])
         if "decode" in parts:
-            for impl, m in ((f"megalodon/{backends[-1]}", _megalodon(preset, layers, backends[-1])),
-                            ("transformer", LlamaBaseline.matching(_config(preset, layers)))):
-                for r in bench_decode(m, S["decode_ctx"], dev):
-                    out["decode"].append(dict(model=name, impl=impl, **r)); log(f"decode {name} {impl} context {r['context']}: {_fmt(r)}")
+            for impl, make in ((f"megalodon/{backends[-1]}", lambda: _megalodon(preset, layers, backends[-1])),
+                               ("transformer", lambda: LlamaBaseline.matching(_config(preset, layers)))):
+                row("decode", f"{name} {impl}", dict(model=name, impl=impl), [dict(context=c) for c in S["decode_ctx"]],
+                    lambda: bench_decode(make(), S["decode_ctx"], dev))
         if "profile" in parts:
             for b in backends:
-                out["profile"][f"{name} megalodon/{b}"] = p = profile_step(_megalodon(preset, layers, b), S["train_ctx"][0], S["batch_size"], dev)
-                log(f"profile {name} megalodon/{b} L={S['train_ctx'][0]}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in p.items()))
+                row("profile", f"{name} megalodon/{b} L={S['train_ctx'][0]}", dict(impl=f"{name} megalodon/{b}"), [{}],
+                    lambda: profile_step(_megalodon(preset, layers, b), S["train_ctx"][0], S["batch_size"], dev))
     return out
 
 # %% ../nbs/20_benchmarks.ipynb #a36f645b
@@ -348,8 +367,22 @@ def save_results(res: dict, # from `run_benchmarks`
                  root: str | Path = "kernels/results", # results folder; a subfolder per device
                  name: str = "end_to_end", # file stem
                 ) -> Path: # the JSON file written
-    "Write the results as JSON under root/<device slug>/<name>.json."
+    """Write the results as JSON under root/<device slug>/<name>.json, merged with what the file holds: a row replaces
+    the stored row of the same model, implementation and length unless it was skipped, other rows stay. So the parts
+    can run one at a time (`--what train`, then `--what decode`) and a run cut short loses nothing measured before."""
     path = Path(root) / device_slug(res["record"]["device"]) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=1))
+    old = json.loads(path.read_text()) if path.exists() else {}
+    ident = lambda r: (r.get("model"), r["impl"], r.get("seq_len"), r.get("context"))
+    merged = {**old, **{k: v for k, v in res.items() if k not in ("train", "decode", "profile")}}
+    merged.setdefault("records", {}).update({p: res["record"] for p in ("train", "decode", "profile") if res.get(p)})
+    for part in ("train", "decode"):
+        rows = {ident(r): r for r in old.get(part, [])}
+        for r in res.get(part, []):
+            if "skipped" not in r or ident(r) not in rows: rows[ident(r)] = r
+        merged[part] = list(rows.values())
+    prof = dict(old.get("profile", {}))
+    prof.update({k: v for k, v in res.get("profile", {}).items() if "skipped" not in v or k not in prof})
+    merged["profile"] = prof
+    path.write_text(json.dumps(merged, indent=1))
     return path

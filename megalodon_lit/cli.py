@@ -313,7 +313,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     b.add_argument("--what", default="paths", help="comma-separated parts: paths, train, decode, profile (default: paths)")
     b.add_argument("--size", default=None, choices=["cpu", "gpu"], help="size set for train/decode/profile (default: gpu on CUDA, else cpu)")
-    b.add_argument("--out", default=None, help="write the train/decode/profile results as JSON under OUT/<device>/end_to_end.json")
+    b.add_argument("--out", default=None, help="write the train/decode/profile results as JSON under OUT/<device>/end_to_end.json "
+                                               "(after every row, merged with the rows the file already holds)")
+    b.add_argument("--budget", type=float, default=None, help="seconds: start no new train/decode/profile measurement after this; "
+                                                              "the rest is recorded as skipped (default: no limit)")
     b.add_argument("--quick", action="store_true", help="small sizes for paths")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own choice; 1 is steadier on a busy machine)")
     i = sub.add_parser("info", help="configuration, parameter counts and cache size of a preset or checkpoint",
@@ -369,8 +372,9 @@ def _cmd_bench(a) -> int:
     rest = tuple(w for w in parts if w != "paths")
     if rest:
         dev = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        res = run_benchmarks(rest, a.size or ("gpu" if dev.startswith("cuda") else "cpu"), dev)
-        if a.out: print(f"results: {save_results(res, a.out)}")
+        save = (lambda r: save_results(r, a.out)) if a.out else None
+        res = run_benchmarks(rest, a.size or ("gpu" if dev.startswith("cuda") else "cpu"), dev, budget_s=a.budget, checkpoint=save)
+        if save: print(f"results: {save(res)}")
     return 0
 
 def _cmd_generate(a) -> int:

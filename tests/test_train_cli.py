@@ -180,6 +180,11 @@ def test_cli_bench_end_to_end_parts(tmp_path):
     prof = res["profile"]["tiny megalodon/torch"]
     assert res["record"]["torch"] == torch.__version__ and prof["CEMA"] > 0 and prof["matmuls"] > 0
     assert abs(sum(v for k, v in prof.items() if k != "total") - prof["total"]) < 1e-9
+    # a second part with no time left: its rows are stored as skipped, the profile measured above stays
+    r = run_cli("bench", "--what", "decode,profile", "--threads", "1", "--out", str(tmp_path), "--budget", "0")
+    assert r.returncode == 0 and "skipped (time budget)" in r.stdout, r.stderr
+    res2 = json.loads(f.read_text())
+    assert res2["profile"]["tiny megalodon/torch"] == prof and res2["decode"] and all("skipped" in d for d in res2["decode"])
     r = run_cli("bench", "--what", "paths,speed")
     assert r.returncode != 0 and "unknown part" in r.stderr + r.stdout
 
