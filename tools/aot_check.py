@@ -7,14 +7,22 @@ kernels left as real `@triton.jit` functions; every launch is intercepted, its a
 compile-time constants are recorded, and Triton's ahead-of-time compiler builds it for `cuda:90` down to a
 cubin (ptxas included). Nothing executes: outputs stay uninitialised, only compilation is checked.
 
-    python tools/aot_check.py            # the failures and a summary; exit 1 on a failure
-    python tools/aot_check.py -v         # one line per distinct kernel specialisation
+    python tools/aot_check.py            # the failures, the specialisations that spill, and a summary; exit 1 on a failure
+    python tools/aot_check.py -v         # one line per distinct kernel specialisation, with registers and spills
     python tools/aot_check.py --all-configs   # every configuration an autotuner may pick, not only its first
 
-What it does not check: numerical results on the GPU, speed, register spills (the launch-time limit).
+Registers and spills: each specialisation's PTX goes through Triton's own ptxas again with `-v` and the flags Triton
+uses (`--gpu-name=sm_90a`, `--regAllocOptLevel=2`, `-lineinfo`), and its "Used N registers" and "bytes spill
+stores/loads" are reported. A spill (registers kept in local memory, i.e. in L1/L2/DRAM) is a finding about speed,
+not a failure: the exit status counts only compile failures and shared memory over budget.
+
+What it does not check: numerical results on the GPU, speed.
 """
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -25,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 from triton.compiler import ASTSource
 from triton.runtime.autotuner import Autotuner
 from triton.runtime.jit import JITFunction
@@ -34,6 +43,7 @@ SMEM_H100 = 227 * 1024  # bytes of shared memory one block may use on sm_90
 DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64",
           torch.int64: "i64", torch.int32: "i32", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
 results: dict[tuple, str] = {}
+usage: dict[tuple, tuple[int, int, int]] = {}  # key -> (registers per thread, spill store bytes, spill load bytes)
 
 
 def _type_of(v) -> str:
@@ -42,6 +52,27 @@ def _type_of(v) -> str:
     if isinstance(v, int): return "i32" if -2**31 <= v < 2**31 else "i64"
     if isinstance(v, float): return "fp32"
     raise TypeError(f"no Triton type for {type(v).__name__}")
+
+
+def _ptxas_usage(ptx: str, name: str, fmad: bool) -> tuple[int, int, int]:
+    "(registers per thread, spill store bytes, spill load bytes) of a kernel's PTX, by ptxas -v with Triton's flags."
+    arch = sm_arch_from_capability(TARGET.arch)
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "k.ptx"
+        src.write_text(ptx)
+        cmd = [get_ptxas(TARGET.arch).path, "-lineinfo", *([] if fmad else ["--fmad=false"]), "-v", "--regAllocOptLevel=2",
+               f"--gpu-name={arch}", str(src), "-o", str(src.with_suffix(".o"))]
+        log = subprocess.run(cmd, check=True, capture_output=True, text=True).stderr
+    # the log has one "Function properties" block per function (the kernel, and any non-inlined callee)
+    regs = re.search(rf"Compiling entry function '{re.escape(name)}'.*?Used (\d+) registers", log, re.S)
+    spills = [tuple(map(int, m)) for m in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)]
+    if regs is None or not spills: raise RuntimeError(f"unexpected ptxas -v output for {name}:\n{log}")
+    return int(regs.group(1)), sum(s for s, _ in spills), sum(l for _, l in spills)
+
+
+def _first_ptr(signature: dict) -> str:
+    "The first pointer argument and its type (e.g. x_ptr:*bf16): tells a float32 specialisation from a bfloat16 one."
+    return next((f"{n}:{t}" for n, t in signature.items() if t.startswith("*")), "")
 
 
 def _compile(self: JITFunction, *args, grid, warmup, **kwargs):
@@ -62,10 +93,15 @@ def _compile(self: JITFunction, *args, grid, warmup, **kwargs):
         k = triton.compile(ASTSource(self, signature, constexprs), target=TARGET, options=options)
         shared = k.metadata.shared
         results[key] = "ok" if shared <= SMEM_H100 else f"FAIL: {shared} bytes of shared memory > {SMEM_H100}"
-        results[key] += f" (shared {shared} B)"
-        if "-v" in sys.argv[1:]: print(f"{len(results):3d} {self.fn.__name__}: {results[key]}", flush=True)
     except Exception as e:  # noqa: BLE001 - every compiler error is a finding
         results[key] = "FAIL: " + "".join(traceback.format_exception_only(e)).strip().splitlines()[-1][:300]
+        return None
+    try:  # the register report is information, never a failure
+        usage[key] = regs, st, ld = _ptxas_usage(k.asm["ptx"], self.fn.__name__, k.metadata.enable_fp_fusion)
+        results[key] += f" (shared {shared} B, {regs} registers, spills {st} B stored / {ld} B loaded)"
+    except Exception as e:  # noqa: BLE001
+        results[key] += f" (shared {shared} B, registers unknown: {str(e).splitlines()[0][:200]})"
+    if "-v" in sys.argv[1:]: print(f"{len(results):3d} {self.fn.__name__} {_first_ptr(signature)}: {results[key]}", flush=True)
     return None
 
 
@@ -120,8 +156,12 @@ if __name__ == "__main__":
     except Exception:  # a wrapper failed before or between launches: report it, with what compiled so far
         traceback.print_exc()
         results[("exercise",)] = "FAIL: the wrappers raised (traceback above)"
+    def describe(key): return f"{key[1]} {_first_ptr(dict(key[2]))}  {dict(key[3])}  {dict(key[4])}" if len(key) > 1 else key[0]
     for key, res in results.items():
-        if res.startswith("FAIL") or "-v" in sys.argv[1:]: print(f"{res[:4]:<5} {key[1] if len(key) > 1 else key[0]}  {dict(key[3]) if len(key) > 3 else ''}  {dict(key[4]) if len(key) > 4 else ''}  {res}")
+        if res.startswith("FAIL") or "-v" in sys.argv[1:]: print(f"{res[:4]:<5} {describe(key)}  {res}")
+    spilling = [(key, u) for key, u in usage.items() if u[1] or u[2]]
+    print(f"{len(spilling)} specialisations spill registers to local memory" + (":" if spilling else ""))
+    for key, (regs, st, ld) in spilling: print(f"  spill {describe(key)}  {regs} registers, {st} B stored / {ld} B loaded per thread")
     bad = [r for r in results.values() if r.startswith("FAIL")]
     print(f"{len(results) - len(bad)} kernel specialisations compiled for sm_90, {len(bad)} failed")
     sys.exit(1 if bad or not results else 0)
