@@ -40,7 +40,7 @@ class NormalizedQK(nn.Module):
         zh = z.view(B, L, self.num_heads, self.head_dim).float() if z.dtype != torch.float64 else z.view(B, L, self.num_heads, self.head_dim)
         zh = (zh * torch.rsqrt(zh.pow(2).mean(-1, keepdim=True) + self.eps)).to(z.dtype).reshape(B, L, self.z_dim)
         scale = (self.gamma + 1.0) / math.sqrt(self.head_dim)  # [2, Z]
-        qk = zh.unsqueeze(2) * scale + self.beta  # [B, L, 2, Z]
+        qk = (zh.unsqueeze(2) * scale + self.beta).to(z.dtype)  # [B, L, 2, Z], in z's dtype (the compute dtype under autocast)
         q, k = qk.unbind(2)
         return q.view(B, L, self.num_heads, self.head_dim), k.view(B, L, self.num_heads, self.head_dim)
 

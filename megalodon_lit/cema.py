@@ -7,11 +7,13 @@ Docs: https://megalodon-lit.github.io/megalodon-lit/cema_paths.html.md"""
 # %% ../nbs/02_cema_paths.ipynb #8d918bef
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import resolve_backend, check_shape, check_finite
+from .core import resolve_backend, check_shape, check_values, nonfinite
 from .cema_params import cema_coeffs, cema_powers, cema_kernel, theta_ladder, CEMAParameters
 
 # The coefficient helpers of 01_cema are part of this module's public API too.
@@ -32,12 +34,21 @@ def _cema_inputs(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None):
     N = p.shape[1]
     check_shape("q", q, (D, N)); check_shape("g", g, (D, N))
     if p.is_complex() or not (q.is_complex() and g.is_complex()): raise TypeError("p must be real; q and g must be complex")
-    for name, t in (("p", p), ("q", q), ("g", g)): check_finite(name, t)
+    check_values(nonfinite("p", p), nonfinite("q", q), nonfinite("g", g))
     if h0 is not None:
         check_shape("h0", h0, (B, D, N))
         if not h0.is_complex(): raise TypeError(f"h0 must be complex, got {h0.dtype}")
     wide = x.dtype == torch.float64
     return B, D, L, N, (torch.float64 if wide else torch.float32), (torch.complex128 if wide else torch.complex64)
+
+def _full_precision(fn):
+    "Run a CEMA path with autocast off on the device of its first tensor argument (it computes in float32 or float64)."
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        dev = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+        if not torch.is_autocast_enabled(dev): return fn(*args, **kwargs)
+        with torch.autocast(dev, enabled=False): return fn(*args, **kwargs)
+    return run
 
 # %% ../nbs/02_cema_paths.ipynb #24199b8f
 def cema_recurrent(x: Tensor, # [B, D, L] real input
@@ -70,6 +81,7 @@ def _real_contract(x: Tensor, table: Tensor, spec: str) -> Tensor:
     "einsum of a real tensor with a complex table, as two real einsums (no complex copy of x)."
     return torch.complex(torch.einsum(spec, x, table.real), torch.einsum(spec, x, table.imag))
 
+@_full_precision
 def cema_bias(q: Tensor, # [D, N] complex decay factors
               g: Tensor, # [D, N] complex output projection
               h0: Tensor, # [B, D, N] complex initial state
@@ -81,6 +93,7 @@ def cema_bias(q: Tensor, # [D, N] complex decay factors
     return torch.einsum("bdn,dnl->bdl", h0.to(dtype), table).real
 
 # %% ../nbs/02_cema_paths.ipynb #b8d1bb28
+@_full_precision
 def cema_last_state(x: Tensor, # [B, D, L] real input (working precision)
                     p: Tensor, # [D, N] real input weights
                     q: Tensor, # [D, N] complex decay factors
@@ -95,6 +108,7 @@ def cema_last_state(x: Tensor, # [B, D, L] real input (working precision)
     return h if h0 is None else h + _narrow(powers[..., 0], dtype) * h0.to(dtype)
 
 # %% ../nbs/02_cema_paths.ipynb #bfb7d8fb
+@_full_precision
 def cema_fft(x: Tensor, # [B, D, L] real input
              p: Tensor, # [D, N] real input weights
              q: Tensor, # [D, N] complex decay factors
@@ -117,6 +131,7 @@ def _toeplitz(k: Tensor) -> Tensor: # [D, T] -> [D, T, T] with M[d, t, s] = k[d,
     return k[:, lag.clamp(min=0)] * (lag >= 0)
 
 # %% ../nbs/02_cema_paths.ipynb #d5380768
+@_full_precision
 def cema_chunked(x: Tensor, # [B, D, L] real input
                  p: Tensor, # [D, N] real input weights
                  q: Tensor, # [D, N] complex decay factors

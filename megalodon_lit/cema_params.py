@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .core import check_shape, check_finite
+from .core import check_shape, check_values, nonfinite
 
 # %% auto #0
 __all__ = ['cema_coeffs', 'cema_powers', 'cema_kernel', 'theta_ladder', 'CEMAParameters']
@@ -28,7 +28,7 @@ def cema_coeffs(alpha: Tensor, # [D, N, 1] input weight logits
     check_shape("alpha", alpha, (None, None, 1))
     D, N = alpha.shape[:2]
     check_shape("delta", delta, (D, N, 1)); check_shape("theta", theta, (D, 1, 1)); check_shape("gamma", gamma, (D, N, 2))
-    for name, t in (("alpha", alpha), ("delta", delta), ("theta", theta), ("gamma", gamma)): check_finite(name, t)
+    check_values(*(nonfinite(name, t) for name, t in (("alpha", alpha), ("delta", delta), ("theta", theta), ("gamma", gamma))))
     dt = torch.float64 if torch.float64 in (alpha.dtype, delta.dtype, theta.dtype, gamma.dtype) else torch.float32
     alpha, delta, theta, gamma = (t.to(dt) for t in (alpha, delta, theta, gamma))
     p = torch.sigmoid(alpha).squeeze(-1)                                 # [D, N]

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['BACKENDS', 'rel_err', 'assert_close', 'ErrorTable', 'check_finite', 'working_dtype', 'check_shape',
-           'triton_available', 'triton_interpreting', 'resolve_backend', 'default_device', 'seed_everything',
-           'median_time', 'set_plot_style']
+__all__ = ['BACKENDS', 'rel_err', 'assert_close', 'ErrorTable', 'nonfinite', 'check_values', 'check_finite', 'working_dtype',
+           'check_shape', 'triton_available', 'triton_interpreting', 'resolve_backend', 'default_device',
+           'seed_everything', 'median_time', 'set_plot_style']
 
 # %% ../nbs/00_core.ipynb #ea5a020d
 def rel_err(actual: Tensor, # the tensor under test
@@ -70,9 +70,21 @@ class ErrorTable:
         return (f"**{self.title}**\n\n" if self.title else "") + "\n".join(md)
 
 # %% ../nbs/00_core.ipynb #5bd19026
+def nonfinite(name: str, t: Tensor) -> tuple[str, Tensor]:
+    "A check for `check_values`: the message for `t` (named `name`) and its flag, True if `t` has a nan or an inf."
+    return f"{name} has non-finite values (nan or inf)", ~torch.isfinite(t).all()
+
+def check_values(*checks: tuple[str, Tensor]) -> None:
+    "Raise a `ValueError` with the message of the first check whose flag (a boolean tensor) is True; all flags are read at once."
+    if not checks: return
+    dev = checks[0][1].device
+    flags = torch.stack([flag.reshape(()).to(dev) for _, flag in checks]).tolist()  # the one synchronisation
+    bad = next((msg for (msg, _), f in zip(checks, flags) if f), None)
+    if bad is not None: raise ValueError(bad)
+
 def check_finite(name: str, t: Tensor) -> None:
     "Raise a `ValueError` naming `name` if `t` has a nan or an inf."
-    if not torch.isfinite(t).all(): raise ValueError(f"{name} has non-finite values (nan or inf)")
+    check_values(nonfinite(name, t))
 
 def working_dtype(t: Tensor) -> torch.dtype:
     "The dtype to compute in for input `t`: float64 stays float64, everything else (float32, bfloat16) works in float32."

@@ -466,3 +466,15 @@ def test_error_chunk_size(chunk_size):
 def test_error_backend():
     m = ComplexEMA(embed_dim=3, ndim=4)
     _raises(ValueError, lambda: m(torch.randn(1, 3, 5), backend="bogus"), "backend", "'bogus'", "bogus")
+
+
+@pytest.mark.parametrize("path", [cema_chunked, cema_fft])
+def test_paths_ignore_autocast(path):
+    "Under bfloat16 autocast the paths still compute in float32: the same bits as without it (and no crash in torch.complex)."
+    torch.manual_seed(0)
+    p, q, g = (t.detach() for t in ComplexEMA(12, 4).coeffs())
+    x, h0 = torch.randn(2, 12, 70), torch.randn(2, 12, 4, dtype=torch.complex64)
+    y, h = path(x, p, q, g, h0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ac, h_ac = path(x, p, q, g, h0)
+    assert y_ac.dtype == torch.float32 and torch.equal(y_ac, y) and torch.equal(h_ac, h)

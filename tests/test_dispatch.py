@@ -86,3 +86,20 @@ def test_auto_on_cuda_picks_kernels_except_float64():
     x = torch.randn(2, 3, device="cuda")
     assert resolve_backend("auto", x, available=("ref", "torch", "triton")) == "triton"
     assert resolve_backend("auto", x.double(), available=("ref", "torch", "triton")) == "torch"
+
+
+def test_kernels_under_bf16_autocast():
+    "Under bfloat16 autocast the model on the kernels is as close to the float32 step as the PyTorch paths under autocast (2x)."
+    fast, ref = _pair(2)
+    ids = torch.randint(0, 64, (2, 21), device=DEV)
+    def step(model, autocast):
+        model.zero_grad()
+        with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(ids, labels=ids)
+        out.loss.backward()
+        return [out.logits.float()] + [p.grad.clone() for p in model.parameters()]
+    exact, tor, tri = step(ref, False), step(ref, True), step(fast, True)
+    # the floor is one bfloat16 unit: 2^-8 when casts round (GPU), 2^-7 in the interpreter, whose casts truncate
+    unit = 2**-7 if INTERPRET else 2**-8
+    for a, b, e in zip(tri, tor, exact):
+        assert rel_err(a, e) <= 2 * max(rel_err(b, e), unit)
