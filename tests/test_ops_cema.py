@@ -9,7 +9,7 @@ pytest.importorskip("triton")
 
 from megalodon_lit.cema import CEMAParameters, ComplexEMA, cema_coeffs, cema_recurrent
 from megalodon_lit.core import rel_err
-from megalodon_lit.ops.cema import cema_step_triton, cema_triton
+from megalodon_lit.ops.cema import _chunk_bwd, _chunk_fwd, cema_step_triton, cema_triton
 
 DEV = torch.device("cuda") if os.environ.get("TRITON_INTERPRET", "0") in ("", "0") else torch.device("cpu")
 # Measured in the interpreter (notebook 10): float32 outputs and gradients within 1.2e-6 of the float64 reference
@@ -56,6 +56,21 @@ def test_chunked_forward_and_gradients(L, with_h0, near_one, T):
     assert y.dtype == x.dtype and h.dtype == torch.complex64
     assert [t.dtype for t in grads] == [t.dtype for t in ins]
     for name, a, b in zip(("y", "h", "dx", "dp", "dq", "dg", "dh0"), (y, h) + grads, (y64, h64) + grads64):
+        assert rel_err(a, b) <= TOL, (name, rel_err(a, b))
+
+
+def test_backward_kernels_at_gpu_block_sizes():
+    # the GPU's tiles (BC = 16 chunks, BN = 16 states) through both backward kernels, with N = 3 padded to 16
+    B, D, N, L, T = 2, 3, 3, 37, 16
+    p, q, g = _coeffs(D, N, 5)
+    x, dy = torch.randn(B, D, L, device=DEV), torch.randn(B, D, L, device=DEV)
+    h0, dh = (torch.randn(B, D, N, dtype=torch.complex64, device=DEV) for _ in range(2))
+    _, _, s = _chunk_fwd(x, p, q, g, h0, T, True, 16, 16)
+    ours = _chunk_bwd(x, dy, s, dh, p, q, g, T, 16, 16)
+    ins64 = [_f64(t).requires_grad_() for t in (x, p, q, g, h0)]
+    y64, h64 = cema_recurrent(*ins64)
+    ref = torch.autograd.grad((y64 * dy.double()).sum() + (h64 * dh.to(torch.complex128).conj()).real.sum(), ins64)
+    for name, a, b in zip(("dx", "dp", "dq", "dg", "dh0"), ours, ref):
         assert rel_err(a, b) <= TOL, (name, rel_err(a, b))
 
 

@@ -174,7 +174,7 @@ def _cema_chunk_fwd_kernel(x_ptr, y_ptr, k_ptr, pin_ptr, gout_ptr, qT_ptr, qr_pt
 
 # %% ../../nbs/10_triton_cema.ipynb #a78517b1
 DOT_PRECISION = "tf32x3"  # float32 matmuls on tensor cores at ~float32 accuracy ("ieee" for CUDA-core FMA); never plain "tf32"
-LAUNCH = {"fwd": {"num_warps": 4}, "bwd": {"num_warps": 8}}  # GPU launch options; section 6 sweeps them
+LAUNCH = {"fwd": {"num_warps": 4}, "bwd": {"num_warps": 8}, "bwd_params": {"num_warps": 8}}  # GPU launch options per kernel; section 6 sweeps them
 
 def _split(table: Tensor) -> Tensor:
     "A complex [D, N, T] table as float32 [D, 2, N, T] (real block, imaginary block), subnormals flushed."
@@ -212,11 +212,11 @@ def _chunk_fwd(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None, T:
 
 # %% ../../nbs/10_triton_cema.ipynb #fcb19a72
 @triton.jit
-def _cema_chunk_bwd_kernel(x_ptr, dy_ptr, s_ptr, dh_ptr, dx_ptr, dh0_ptr, acc_ptr, m_ptr,
-                           k_ptr, w1_ptr, w2_ptr, v1_ptr, v2_ptr, p_ptr, g_ptr, cqT_ptr, cqr_ptr, fT_ptr, fr_ptr,
-                           B, D, L, N, NC,
-                           T: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    i_d = tl.program_id(0)
+def _cema_chunk_bwd_dx_kernel(dy_ptr, dh_ptr, dx_ptr, dh0_ptr, e_ptr, k_ptr, w1_ptr, v1_ptr, g_ptr, p_ptr, cqT_ptr, cqr_ptr,
+                              B, D, L, N, NC,
+                              T: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    i_bd = tl.program_id(0)
+    i_d, i_b = i_bd // B, i_bd % B                  # neighbouring programs share a channel, so its tables stay in L2
     o_t = tl.arange(0, T)
     o_n = tl.arange(0, BN)
     o_j = tl.arange(0, BC)
@@ -225,17 +225,12 @@ def _cema_chunk_bwd_kernel(x_ptr, dy_ptr, s_ptr, dh_ptr, dx_ptr, dh0_ptr, acc_pt
     o_lag = o_t[:, None] - o_t[None, :]
     b_K = tl.load(k_ptr + i_d.to(tl.int64) * T + o_lag, mask=o_lag >= 0, other=0.)   # [T, T]: k[s - t], s >= t
     o_tab = i_d.to(tl.int64) * 2 * N * T
-    b_W1r, b_W1i = _load_tn(w1_ptr, o_tab, o_t, o_n, N, T)                       # conj(q)^{t+1}
-    b_W2r, b_W2i = _load_tn(w2_ptr, o_tab, o_t, o_n, N, T)                       # (t+1) conj(q)^t
-    b_V1r, b_V1i = _load_tn(v1_ptr, o_tab, o_t, o_n, N, T)                       # conj(q)^{T-1-t}
-    b_V2r, b_V2i = _load_tn(v2_ptr, o_tab, o_t, o_n, N, T)                       # (T-1-t) conj(q)^{T-2-t}
+    b_W1r, b_W1i = _load_tn(w1_ptr, o_tab, o_t, o_n, N, T)                       # [T, BN]: conj(q)^{t+1}
     o_dn = i_d.to(tl.int64) * N + o_n
     b_p = tl.load(p_ptr + o_dn, mask=m_n, other=0.)
     b_gr, b_gi = _load_pair(g_ptr, o_dn, m_n)
     b_cqTr, b_cqTi = _load_pair(cqT_ptr, o_dn, m_n)                              # conj(q)^T
     b_cqrr, b_cqri = _load_pair(cqr_ptr, o_dn, m_n)                              # conj(q)^r
-    b_fTr, b_fTi = _load_pair(fT_ptr, o_dn, m_n)                                 # T conj(q)^{T-1}
-    b_frr, b_fri = _load_pair(fr_ptr, o_dn, m_n)                                 # r conj(q)^{r-1}
     # E term of dx, [BN, T]: p conj(q)^{T-1-t}; the last chunk reads it at column t + T - r (anchored at step r-1)
     o_nt = o_tab + o_n[:, None] * T + o_t[None, :]
     m_nt = m_n[:, None] & (o_t[None, :] < T)
@@ -246,106 +241,137 @@ def _cema_chunk_bwd_kernel(x_ptr, dy_ptr, s_ptr, dh_ptr, dx_ptr, dh0_ptr, acc_pt
     b_XLi = b_p[:, None] * tl.load(v1_ptr + o_nt + N * T + T - r, mask=m_ntl, other=0.)
     b_ar = tl.zeros([BC, BN], dtype=tl.float32) + b_cqTr[None, :]
     b_ai = tl.zeros([BC, BN], dtype=tl.float32) + b_cqTi[None, :]
-    b_dgr = tl.zeros([BN], dtype=tl.float32)
-    b_dgi = tl.zeros([BN], dtype=tl.float32)
-    b_dqr = tl.zeros([BN], dtype=tl.float32)
-    b_dqi = tl.zeros([BN], dtype=tl.float32)
-    b_dp = tl.zeros([BN], dtype=tl.float32)
-    b_M = tl.zeros([T, T], dtype=tl.float32)                                     # sum of X^T dY: the lag correlations
+    o_row = (i_b * D + i_d).to(tl.int64)
+    p_dy, p_dx = dy_ptr + o_row * L, dx_ptr + o_row * L
+    o_bdn = o_row * N + o_n
+    b_dhr, b_dhi = _load_pair(dh_ptr, o_bdn, m_n)
+    b_el = tl.sum(b_XLr * b_dhr[:, None] - b_XLi * b_dhi[:, None], 0)            # [T]: dx E term, last chunk
+    b_cr, b_ci = _cmul(b_cqrr - b_cqTr, b_cqri - b_cqTi, b_dhr, b_dhi)            # (conj(q)^r - conj(q)^T) dh
+    b_Zr = tl.zeros([BN], dtype=tl.float32)                                       # conj(q)^T E of the tile after
+    b_Zi = tl.zeros([BN], dtype=tl.float32)
     n_tiles = tl.cdiv(NC, BC)
+    for i_t in range(n_tiles):
+        o_c = (n_tiles - 1 - i_t) * BC + o_j
+        o_pos = o_c[:, None].to(tl.int64) * T + o_t[None, :]
+        m_pos = o_pos < L
+        b_dy = tl.load(p_dy + o_pos, mask=m_pos, other=0.).to(tl.float32)
+        b_dyn = tl.load(p_dy + o_pos + T, mask=o_pos + T < L, other=0.).to(tl.float32)   # the next chunk's dy
+        # what each row receives from the next chunk: conj(g) W1 of it, dh in the last chunk, and the ragged correction
+        b_vr, b_vi = _cmul(b_gr[None, :], -b_gi[None, :], tl.dot(b_dyn, b_W1r, input_precision=PREC), tl.dot(b_dyn, b_W1i, input_precision=PREC))
+        m_last = (o_c == NC - 1)[:, None]
+        m_before = (o_c == NC - 2)[:, None]
+        m_end = (o_j == BC - 1)[:, None]
+        b_vr += tl.where(m_last, b_dhr[None, :], 0.) + tl.where(m_before, b_cr[None, :], 0.) + tl.where(m_end, b_Zr[None, :], 0.)
+        b_vi += tl.where(m_last, b_dhi[None, :], 0.) + tl.where(m_before, b_ci[None, :], 0.) + tl.where(m_end, b_Zi[None, :], 0.)
+        _, _, b_Er, b_Ei = tl.associative_scan((b_ar, b_ai, b_vr, b_vi), 0, _affine_combine, reverse=True)
+        m_first = (o_j == 0)[:, None]
+        b_Zr, b_Zi = _cmul(b_cqTr, b_cqTi, _row(b_Er, m_first), _row(b_Ei, m_first))
+        # the last chunk's E terms come from its window (b_el here, the parameter kernel there): its E is stored as zero
+        m_full = (o_c < NC - 1)[:, None]
+        b_Er = tl.where(m_full, b_Er, 0.)
+        b_Ei = tl.where(m_full, b_Ei, 0.)
+        b_dx = tl.dot(b_dy, b_K, input_precision=PREC)
+        b_dx += tl.dot(b_Er, b_Xr, input_precision=PREC) - tl.dot(b_Ei, b_Xi, input_precision=PREC)
+        b_dx += tl.where(m_last, b_el[None, :], 0.)
+        tl.store(p_dx + o_pos, b_dx.to(dx_ptr.dtype.element_ty), mask=m_pos)
+        o_e = (o_row * NC + o_c[:, None]) * 2 * N + o_n[None, :]
+        m_e = (o_c[:, None] < NC) & m_n[None, :]
+        tl.store(e_ptr + o_e, b_Er, mask=m_e)
+        tl.store(e_ptr + o_e + N, b_Ei, mask=m_e)
+    # dh0 = conj(q) A_0 = conj(g) W1_0 + conj(q)^(steps of chunk 0) E_0, with W1_0 from the first T steps of dy
+    b_dy0 = tl.load(p_dy + o_t, mask=o_t < L, other=0.).to(tl.float32)
+    b_h0r, b_h0i = _cmul(b_gr, -b_gi, tl.sum(b_dy0[:, None] * b_W1r, 0), tl.sum(b_dy0[:, None] * b_W1i, 0))
+    tl.store(dh0_ptr + 2 * o_bdn, b_h0r + b_Zr + tl.where(NC == 1, b_cr, 0.), mask=m_n)
+    tl.store(dh0_ptr + 2 * o_bdn + 1, b_h0i + b_Zi + tl.where(NC == 1, b_ci, 0.), mask=m_n)
+
+
+# %% ../../nbs/10_triton_cema.ipynb #4f9d2e61
+@triton.jit
+def _store_tn(ptr, o_tab, b_r, b_i, o_t, o_n, N, T: tl.constexpr):
+    "Two [T, BN] blocks (real, imaginary) into one channel of a complex [D, 2, N, T] table: _load_tn reversed."
+    o = o_tab + o_n[None, :] * T + o_t[:, None]
+    m = (o_n[None, :] < N) & (o_t[:, None] < T)
+    tl.store(ptr + o, b_r, mask=m)
+    tl.store(ptr + o + N * T, b_i, mask=m)
+
+@triton.jit
+def _cema_chunk_bwd_params_kernel(x_ptr, dy_ptr, s_ptr, e_ptr, dh_ptr, es_ptr, gs_ptr, ge_ptr, m_ptr, fT_ptr, fr_ptr,
+                                  B, D, L, N, NC,
+                                  T: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    i_d = tl.program_id(0)
+    o_t = tl.arange(0, T)
+    o_n = tl.arange(0, BN)
+    o_j = tl.arange(0, BC)
+    m_n = o_n < N
+    o_dn = i_d.to(tl.int64) * N + o_n
+    b_fTr, b_fTi = _load_pair(fT_ptr, o_dn, m_n)                                 # T conj(q)^{T-1}
+    b_frr, b_fri = _load_pair(fr_ptr, o_dn, m_n)                                 # r conj(q)^{r-1}
+    b_esr = tl.zeros([BN], dtype=tl.float32)                                     # the E conj(S) terms of dq
+    b_esi = tl.zeros([BN], dtype=tl.float32)
+    b_GSr = tl.zeros([T, BN], dtype=tl.float32)                                  # sum of dY^T conj(S)
+    b_GSi = tl.zeros([T, BN], dtype=tl.float32)
+    b_GEr = tl.zeros([T, BN], dtype=tl.float32)                                  # sum of X^T E
+    b_GEi = tl.zeros([T, BN], dtype=tl.float32)
+    b_M = tl.zeros([T, T], dtype=tl.float32)                                     # sum of X^T dY: the lag correlations
     for i_b in range(B):
         o_row = (i_b * D + i_d).to(tl.int64)
-        p_x, p_dy, p_dx = x_ptr + o_row * L, dy_ptr + o_row * L, dx_ptr + o_row * L
-        o_bdn = o_row * N + o_n
-        b_dhr, b_dhi = _load_pair(dh_ptr, o_bdn, m_n)
-        # the last chunk's E terms (E = dh at its step r-1), from the T-step window of x that ends at L-1
+        p_x, p_dy = x_ptr + o_row * L, dy_ptr + o_row * L
+        # the last chunk: E = dh at its step r-1, x read as the T-step window that ends at L-1
+        b_dhr, b_dhi = _load_pair(dh_ptr, o_row * N + o_n, m_n)
         o_w = L - T + o_t
         b_xw = tl.load(p_x + o_w, mask=o_w >= (NC - 1) * T, other=0.).to(tl.float32)
+        b_GEr += b_xw[:, None] * b_dhr[None, :]
+        b_GEi += b_xw[:, None] * b_dhi[None, :]
         o_sl = (o_row * NC + NC - 1) * 2 * N + o_n
         b_SLr = tl.load(s_ptr + o_sl, mask=m_n, other=0.)
         b_SLi = tl.load(s_ptr + o_sl + N, mask=m_n, other=0.)
-        b_tr, b_ti = _cmul(b_dhr, b_dhi, tl.sum(b_xw[:, None] * b_V1r, 0), tl.sum(b_xw[:, None] * b_V1i, 0))
-        b_dp += b_tr
         b_tr, b_ti = _cmul(b_dhr, b_dhi, b_SLr, -b_SLi)
         b_tr, b_ti = _cmul(b_frr, b_fri, b_tr, b_ti)
-        b_ur, b_ui = _cmul(b_dhr, b_dhi, tl.sum(b_xw[:, None] * b_V2r, 0), tl.sum(b_xw[:, None] * b_V2i, 0))
-        b_dqr += b_tr + b_p * b_ur
-        b_dqi += b_ti + b_p * b_ui
-        b_el = tl.sum(b_XLr * b_dhr[:, None] - b_XLi * b_dhi[:, None], 0)              # [T]: dx E term, last chunk
-        b_cr, b_ci = _cmul(b_cqrr - b_cqTr, b_cqri - b_cqTi, b_dhr, b_dhi)              # (conj(q)^r - conj(q)^T) dh
-        b_Zr = tl.zeros([BN], dtype=tl.float32)                                         # conj(q)^T E of the tile after
-        b_Zi = tl.zeros([BN], dtype=tl.float32)
-        b_w0r = tl.zeros([BN], dtype=tl.float32)                                        # W1 of chunk 0
-        b_w0i = tl.zeros([BN], dtype=tl.float32)
-        for i_t in range(n_tiles):
-            o_c = (n_tiles - 1 - i_t) * BC + o_j
+        b_esr += b_tr
+        b_esi += b_ti
+        for i_c0 in range(0, NC, BC):
+            o_c = i_c0 + o_j
             o_pos = o_c[:, None].to(tl.int64) * T + o_t[None, :]
             m_pos = o_pos < L
             b_x = tl.load(p_x + o_pos, mask=m_pos, other=0.).to(tl.float32)
             b_dy = tl.load(p_dy + o_pos, mask=m_pos, other=0.).to(tl.float32)
-            b_dyn = tl.load(p_dy + o_pos + T, mask=o_pos + T < L, other=0.).to(tl.float32)   # the next chunk's dy
-            b_W1xr = tl.dot(b_dy, b_W1r, input_precision=PREC)
-            b_W1xi = tl.dot(b_dy, b_W1i, input_precision=PREC)
-            # what each row receives from the next chunk: conj(g) W1 of it, dh in the last chunk, and the ragged correction
-            b_vr, b_vi = _cmul(b_gr[None, :], -b_gi[None, :], tl.dot(b_dyn, b_W1r, input_precision=PREC), tl.dot(b_dyn, b_W1i, input_precision=PREC))
-            m_last = (o_c == NC - 1)[:, None]
-            m_before = (o_c == NC - 2)[:, None]
-            m_end = (o_j == BC - 1)[:, None]
-            b_vr += tl.where(m_last, b_dhr[None, :], 0.) + tl.where(m_before, b_cr[None, :], 0.) + tl.where(m_end, b_Zr[None, :], 0.)
-            b_vi += tl.where(m_last, b_dhi[None, :], 0.) + tl.where(m_before, b_ci[None, :], 0.) + tl.where(m_end, b_Zi[None, :], 0.)
-            _, _, b_Er, b_Ei = tl.associative_scan((b_ar, b_ai, b_vr, b_vi), 0, _affine_combine, reverse=True)
-            m_first = (o_j == 0)[:, None]
-            b_Zr, b_Zi = _cmul(b_cqTr, b_cqTi, _row(b_Er, m_first), _row(b_Ei, m_first))
-            m_zero = (o_c == 0)[:, None]
-            b_w0r += _row(b_W1xr, m_zero)
-            b_w0i += _row(b_W1xi, m_zero)
-            m_full = (o_c < NC - 1)[:, None]                                            # the last chunk's E terms are done
-            b_Er = tl.where(m_full, b_Er, 0.)
-            b_Ei = tl.where(m_full, b_Ei, 0.)
-            b_dx = tl.dot(b_dy, b_K, input_precision=PREC)
-            b_dx += tl.dot(b_Er, b_Xr, input_precision=PREC) - tl.dot(b_Ei, b_Xi, input_precision=PREC)
-            b_dx += tl.where(m_last, b_el[None, :], 0.)
-            tl.store(p_dx + o_pos, b_dx.to(dx_ptr.dtype.element_ty), mask=m_pos)
             o_s = (o_row * NC + o_c[:, None]) * 2 * N + o_n[None, :]
             m_s = (o_c[:, None] < NC) & m_n[None, :]
             b_Sr = tl.load(s_ptr + o_s, mask=m_s, other=0.)
             b_Si = tl.load(s_ptr + o_s + N, mask=m_s, other=0.)
-            b_dgr += tl.sum(b_Sr * b_W1xr + b_Si * b_W1xi, 0)                          # conj(S) W1
-            b_dgi += tl.sum(b_Sr * b_W1xi - b_Si * b_W1xr, 0)
-            b_W2xr = tl.dot(b_dy, b_W2r, input_precision=PREC)
-            b_W2xi = tl.dot(b_dy, b_W2i, input_precision=PREC)
-            b_tr, b_ti = _cmul(b_gr, -b_gi, tl.sum(b_Sr * b_W2xr + b_Si * b_W2xi, 0), tl.sum(b_Sr * b_W2xi - b_Si * b_W2xr, 0))
-            b_ur, b_ui = _cmul(b_fTr, b_fTi, tl.sum(b_Er * b_Sr + b_Ei * b_Si, 0), tl.sum(b_Ei * b_Sr - b_Er * b_Si, 0))
-            b_V1xr = tl.dot(b_x, b_V1r, input_precision=PREC)
-            b_V1xi = tl.dot(b_x, b_V1i, input_precision=PREC)
-            b_V2xr = tl.dot(b_x, b_V2r, input_precision=PREC)
-            b_V2xi = tl.dot(b_x, b_V2i, input_precision=PREC)
-            b_dqr += b_tr + b_ur + b_p * tl.sum(b_Er * b_V2xr - b_Ei * b_V2xi, 0)
-            b_dqi += b_ti + b_ui + b_p * tl.sum(b_Er * b_V2xi + b_Ei * b_V2xr, 0)
-            b_dp += tl.sum(b_Er * b_V1xr - b_Ei * b_V1xi, 0)
-            b_M += tl.dot(tl.trans(b_x), b_dy, input_precision=PREC)
-        # dh0 = conj(q) A_0 = conj(g) W1_0 + conj(q)^(steps of chunk 0) E_0
-        b_h0r, b_h0i = _cmul(b_gr, -b_gi, b_w0r, b_w0i)
-        tl.store(dh0_ptr + 2 * o_bdn, b_h0r + b_Zr + tl.where(NC == 1, b_cr, 0.), mask=m_n)
-        tl.store(dh0_ptr + 2 * o_bdn + 1, b_h0i + b_Zi + tl.where(NC == 1, b_ci, 0.), mask=m_n)
-    o_acc = i_d.to(tl.int64) * 5 * N + o_n
-    tl.store(acc_ptr + o_acc, b_dgr, mask=m_n)
-    tl.store(acc_ptr + o_acc + N, b_dgi, mask=m_n)
-    tl.store(acc_ptr + o_acc + 2 * N, b_dqr, mask=m_n)
-    tl.store(acc_ptr + o_acc + 3 * N, b_dqi, mask=m_n)
-    tl.store(acc_ptr + o_acc + 4 * N, b_dp, mask=m_n)
+            b_Er = tl.load(e_ptr + o_s, mask=m_s, other=0.)
+            b_Ei = tl.load(e_ptr + o_s + N, mask=m_s, other=0.)
+            b_tr, b_ti = _cmul(b_fTr, b_fTi, tl.sum(b_Er * b_Sr + b_Ei * b_Si, 0), tl.sum(b_Ei * b_Sr - b_Er * b_Si, 0))
+            b_esr += b_tr
+            b_esi += b_ti
+            b_dyT = tl.trans(b_dy)
+            b_xT = tl.trans(b_x)
+            b_GSr += tl.dot(b_dyT, b_Sr, input_precision=PREC)
+            b_GSi -= tl.dot(b_dyT, b_Si, input_precision=PREC)
+            b_GEr += tl.dot(b_xT, b_Er, input_precision=PREC)
+            b_GEi += tl.dot(b_xT, b_Ei, input_precision=PREC)
+            b_M += tl.dot(b_xT, b_dy, input_precision=PREC)
+    tl.store(es_ptr + 2 * o_dn, b_esr, mask=m_n)
+    tl.store(es_ptr + 2 * o_dn + 1, b_esi, mask=m_n)
+    o_tab = i_d.to(tl.int64) * 2 * N * T
+    _store_tn(gs_ptr, o_tab, b_GSr, b_GSi, o_t, o_n, N, T)
+    _store_tn(ge_ptr, o_tab, b_GEr, b_GEi, o_t, o_n, N, T)
     tl.store(m_ptr + i_d.to(tl.int64) * T * T + o_t[:, None] * T + o_t[None, :], b_M)
 
+
 # %% ../../nbs/10_triton_cema.ipynb #68185154
-def _bwd_tables(p: Tensor, q: Tensor, g: Tensor, T: int, r: int) -> tuple[Tensor, ...]:
-    "The chunked backward's tables of powers of conj(q), built in float64, stored float32 (order: the kernel's)."
-    qc = q.to(torch.complex128).conj()
+def _bwd_weights(q: Tensor, T: int) -> tuple[Tensor, ...]:
+    "The weights over a chunk's steps t, float64 [D, N, T]: W1 = q̄^(t+1), W2 = (t+1) q̄^t, V1 = q̄^(T-1-t), V2 = (T-1-t) q̄^(T-2-t)."
+    pw = cema_powers(q.to(torch.complex128).conj(), torch.arange(T + 1))         # conj(q)^0 .. conj(q)^T
     j = torch.arange(T, dtype=torch.float64, device=q.device)
-    pw = cema_powers(qc, torch.arange(T + 1))                                    # conj(q)^0 .. conj(q)^T
     v2 = torch.cat([(T - 1 - j[:-1]) * pw[..., :T - 1].flip(-1), torch.zeros_like(pw[..., :1])], -1)
-    ends = cema_powers(qc, torch.tensor([T, r, T - 1, r - 1]))
-    return (_narrow(cema_kernel(p, q, g, T), torch.float32).contiguous(), _split(pw[..., 1:]), _split((j + 1) * pw[..., :T]),
-            _split(pw[..., :T].flip(-1)), _split(v2), p.to(torch.float32).contiguous(), _as_pairs(g),
+    return pw[..., 1:], (j + 1) * pw[..., :T], pw[..., :T].flip(-1), v2
+
+def _bwd_tables(p: Tensor, q: Tensor, g: Tensor, T: int, r: int) -> tuple[Tensor, ...]:
+    "The tables the backward kernels read, built in float64, stored float32: k, W1, V1, g, p, conj(q)^T, conj(q)^r, T conj(q)^(T-1), r conj(q)^(r-1)."
+    W1, _, V1, _ = _bwd_weights(q, T)
+    ends = cema_powers(q.to(torch.complex128).conj(), torch.tensor([T, r, T - 1, r - 1]))
+    return (_narrow(cema_kernel(p, q, g, T), torch.float32).contiguous(), _split(W1), _split(V1), _as_pairs(g), p.to(torch.float32).contiguous(),
             _narrow_pairs(ends[..., 0]), _narrow_pairs(ends[..., 1]), _narrow_pairs(T * ends[..., 2]), _narrow_pairs(r * ends[..., 3]))
 
 def _diag_sums(M: Tensor) -> Tensor: # [D, T, T] -> [D, T]
@@ -354,28 +380,37 @@ def _diag_sums(M: Tensor) -> Tensor: # [D, T, T] -> [D, T]
     col = torch.arange(T, device=M.device)[:, None] + torch.arange(T, device=M.device)[None, :]   # [s, j] -> s + j
     return (M.gather(2, col.clamp(max=T - 1).expand_as(M)) * (col < T)).sum(1)
 
+def _param_grads(p: Tensor, q: Tensor, g: Tensor, es: Tensor, GS: Tensor, GE: Tensor, M: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    "dp, dq, dg in float64 from the parameter kernel's sums: the weights over t and the lag correlations, applied once per channel."
+    W1, W2, V1, V2 = _bwd_weights(q, M.shape[-1])
+    GS, GE = (torch.complex(G[:, 0].double(), G[:, 1].double()) for G in (GS, GE))  # [D, N, T]
+    c = _diag_sums(M.double()).to(torch.complex128)
+    R = torch.einsum("dnj,dj->dn", V1.flip(-1), c)                               # Σ_j conj(q)^j c_j
+    R1 = torch.einsum("dnj,dj->dn", W2[..., :-1], c[:, 1:])                       # Σ_j j conj(q)^(j-1) c_j
+    p64, gc = p.to(torch.float64), g.to(torch.complex128).conj()
+    dg = (W1 * GS).sum(-1) + p64 * R
+    dq = torch.view_as_complex(es.double()) + gc * (W2 * GS).sum(-1) + p64 * (V2 * GE).sum(-1) + gc * p64 * R1
+    dp = (V1 * GE).sum(-1).real + (gc * R).real
+    return dp, dq, dg
+
 def _chunk_bwd(x: Tensor, dy: Tensor, states: Tensor, dh: Tensor, p: Tensor, q: Tensor, g: Tensor, T: int,
                BC: int | None = None, BN: int | None = None, prec: str | None = None) -> tuple[Tensor, ...]:
-    "Launch the chunked backward: dx (x's dtype), dp, dq, dg (float64 / complex128), dh0 (complex64)."
+    "Launch the chunked backward (two kernels): dx (x's dtype), dp, dq, dg (float64 / complex128), dh0 (complex64)."
     B, D, L = x.shape; N = p.shape[1]
     NC = triton.cdiv(L, T); r = L - (NC - 1) * T
+    dy, dh = dy.contiguous(), _as_pairs(dh)
+    k, w1, v1, g32, p32, cqT, cqr, fT, fr = _bwd_tables(p, q, g, T, r)
     dx = torch.full_like(x, float("nan"))
     dh0 = torch.full((B, D, N, 2), float("nan"), device=x.device)
-    acc = torch.full((D, 5, N), float("nan"), device=x.device)
+    E = torch.full((B, D, NC, 2, N), float("nan"), device=x.device)              # E of every chunk, laid out as the states
+    es = torch.full((D, N, 2), float("nan"), device=x.device)
+    GS, GE = (torch.full((D, 2, N, T), float("nan"), device=x.device) for _ in range(2))
     M = torch.full((D, T, T), float("nan"), device=x.device)
-    _cema_chunk_bwd_kernel[(D,)](x, dy.contiguous(), states, _as_pairs(dh), dx, dh0, acc, M, *_bwd_tables(p, q, g, T, r),
-                                 B, D, L, N, NC, T=T, BC=BC or _blocks(x, N)[0], BN=BN or _blocks(x, N)[1],
-                                 PREC=prec or DOT_PRECISION, **LAUNCH["bwd"])
-    c = _diag_sums(M.double()).to(torch.complex128)
-    pw = cema_powers(q.to(torch.complex128).conj(), torch.arange(T))
-    j = torch.arange(T, dtype=torch.float64, device=x.device)
-    R = torch.einsum("dnj,dj->dn", pw, c)
-    R1 = torch.einsum("dnj,dj->dn", j[1:] * pw[..., :-1], c[:, 1:])
-    p64, gc, acc = p.to(torch.float64), g.to(torch.complex128).conj(), acc.double()
-    dg = torch.complex(acc[:, 0], acc[:, 1]) + p64 * R
-    dq = torch.complex(acc[:, 2], acc[:, 3]) + gc * p64 * R1
-    dp = acc[:, 4] + (gc * R).real
-    return dx, dp, dq, dg, torch.view_as_complex(dh0)
+    blocks = dict(T=T, BC=BC or _blocks(x, N)[0], BN=BN or _blocks(x, N)[1], PREC=prec or DOT_PRECISION)
+    _cema_chunk_bwd_dx_kernel[(B * D,)](dy, dh, dx, dh0, E, k, w1, v1, g32, p32, cqT, cqr, B, D, L, N, NC, **blocks, **LAUNCH["bwd"])
+    _cema_chunk_bwd_params_kernel[(D,)](x, dy, states, E, dh, es, GS, GE, M, fT, fr, B, D, L, N, NC, **blocks, **LAUNCH["bwd_params"])
+    return dx, *_param_grads(p, q, g, es, GS, GE, M), torch.view_as_complex(dh0)
+
 
 # %% ../../nbs/10_triton_cema.ipynb #557488c1
 class CEMATriton(torch.autograd.Function):
