@@ -29,7 +29,7 @@ from .model import MegalodonConfig, MegalodonForCausalLM, MegalodonOutput, causa
 # %% auto #0
 __all__ = ['BENCH_SIZES', 'device_record', 'device_slug', 'time_call', 'peak_memory', 'matmul_rate', 'copy_bandwidth',
            'LlamaBaseline', 'visible_keys', 'train_flops_per_token', 'bench_train', 'bench_decode', 'profile_step',
-           'run_benchmarks', 'save_results']
+           'run_benchmarks', 'load_results', 'save_results']
 
 # %% ../nbs/20_benchmarks.ipynb #e5255269
 def device_record(device: str | torch.device = "cpu") -> dict:
@@ -318,9 +318,11 @@ def run_benchmarks(parts: tuple[str, ...] = ("train", "decode", "profile"), # wh
                    log: Callable[[str], None] = print, # progress lines
                    budget_s: float | None = None, # start no new measurement after this many seconds (None: no limit)
                    checkpoint: Callable[[dict], object] | None = None, # called with the results after every row (e.g. save them)
+                   done: dict | None = None, # results stored earlier (`load_results`): rows measured there are not run again
                   ) -> dict: # {"record", "size", "train": [...], "decode": [...], "profile": {...}}
     """Training, decoding and profile benchmarks of Megalodon (PyTorch paths and kernels) and the Transformer baseline.
-    A measurement not started within `budget_s` is recorded as `skipped`, so a run cut short says what it left out."""
+    A measurement not started within `budget_s` is recorded as `skipped`, so a run cut short says what it left out;
+    with `done`, a later run picks up where it stopped."""
     if size not in BENCH_SIZES: raise ValueError(f"size must be one of {sorted(BENCH_SIZES)}, got {size!r}")
     bad = set(parts) - {"train", "decode", "profile"}
     if bad: raise ValueError(f"unknown parts {sorted(bad)}; choose from train, decode, profile")
@@ -332,6 +334,8 @@ def run_benchmarks(parts: tuple[str, ...] = ("train", "decode", "profile"), # wh
     t_end = None if budget_s is None else time.monotonic() + budget_s
     def row(part: str, what: str, key: dict, lengths: list[dict], measure: Callable[[], object]) -> None:
         "Measure (the rows of one call), or once the budget is spent record each length as skipped; log; checkpoint."
+        if done is not None and _stored(done, part, key, lengths):
+            log(f"{part} {what}: stored earlier, not run again"); return
         if t_end is not None and time.monotonic() > t_end:
             skipped = dict(skipped=f"time budget of {budget_s:.0f} s spent")
             if part == "profile": out["profile"][key["impl"]] = skipped
@@ -363,6 +367,23 @@ def run_benchmarks(parts: tuple[str, ...] = ("train", "decode", "profile"), # wh
     return out
 
 # %% ../nbs/20_benchmarks.ipynb #a36f645b
+def _row_id(r: dict) -> tuple: return (r.get("model"), r["impl"], r.get("seq_len"), r.get("context"))
+
+def _stored(done: dict, part: str, key: dict, lengths: list[dict]) -> bool:
+    "Whether `done` holds a measurement (not a skip) of every row that this call of `part` would produce."
+    if part == "profile": return "skipped" not in done.get("profile", {}).get(key["impl"], {"skipped": True})
+    ids = {_row_id(r) for r in done.get(part, []) if "skipped" not in r}
+    return all(_row_id({**key, **n}) in ids for n in lengths)
+
+def load_results(root: str | Path = "kernels/results", # results folder
+                 device: str | torch.device | None = None, # whose results: None = CUDA if present, else the CPU
+                 name: str = "end_to_end", # file stem
+                ) -> dict | None: # the stored results, or None
+    "The results `save_results` stored for this machine's device, if any."
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    path = Path(root) / device_slug(device_record(dev)["device"]) / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
 def save_results(res: dict, # from `run_benchmarks`
                  root: str | Path = "kernels/results", # results folder; a subfolder per device
                  name: str = "end_to_end", # file stem
@@ -373,7 +394,7 @@ def save_results(res: dict, # from `run_benchmarks`
     path = Path(root) / device_slug(res["record"]["device"]) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(path.read_text()) if path.exists() else {}
-    ident = lambda r: (r.get("model"), r["impl"], r.get("seq_len"), r.get("context"))
+    ident = _row_id
     merged = {**old, **{k: v for k, v in res.items() if k not in ("train", "decode", "profile")}}
     merged.setdefault("records", {}).update({p: res["record"] for p in ("train", "decode", "profile") if res.get(p)})
     for part in ("train", "decode"):

@@ -317,6 +317,7 @@ def _parser() -> argparse.ArgumentParser:
                                                "(after every row, merged with the rows the file already holds)")
     b.add_argument("--budget", type=float, default=None, help="seconds: start no new train/decode/profile measurement after this; "
                                                               "the rest is recorded as skipped (default: no limit)")
+    b.add_argument("--resume", action="store_true", help="with --out: measure only the train/decode/profile rows not stored there yet")
     b.add_argument("--quick", action="store_true", help="small sizes for paths")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own choice; 1 is steadier on a busy machine)")
     i = sub.add_parser("info", help="configuration, parameter counts and cache size of a preset or checkpoint",
@@ -363,7 +364,7 @@ def _cmd_train(a) -> int:
     return 130 if res.interrupted and tc.max_minutes is None else 0  # 130: stopped by Ctrl-C (the checkpoint is saved)
 
 def _cmd_bench(a) -> int:
-    from megalodon_lit.bench import run_benchmarks, save_results
+    from megalodon_lit.bench import load_results, run_benchmarks, save_results
     parts = [w.strip() for w in a.what.split(",") if w.strip()]
     bad = sorted(set(parts) - {"paths", "train", "decode", "profile"})
     if bad: raise ValueError(f"--what: unknown part(s) {bad}; choose from paths, train, decode, profile")
@@ -372,8 +373,10 @@ def _cmd_bench(a) -> int:
     rest = tuple(w for w in parts if w != "paths")
     if rest:
         dev = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if a.resume and not a.out: raise ValueError("--resume needs --out (the folder whose results to continue)")
         save = (lambda r: save_results(r, a.out)) if a.out else None
-        res = run_benchmarks(rest, a.size or ("gpu" if dev.startswith("cuda") else "cpu"), dev, budget_s=a.budget, checkpoint=save)
+        res = run_benchmarks(rest, a.size or ("gpu" if dev.startswith("cuda") else "cpu"), dev, budget_s=a.budget, checkpoint=save,
+                             done=load_results(a.out, dev) if a.resume else None)
         if save: print(f"results: {save(res)}")
     return 0
 

@@ -185,6 +185,9 @@ def test_cli_bench_end_to_end_parts(tmp_path):
     assert r.returncode == 0 and "skipped (time budget)" in r.stdout, r.stderr
     res2 = json.loads(f.read_text())
     assert res2["profile"]["tiny megalodon/torch"] == prof and res2["decode"] and all("skipped" in d for d in res2["decode"])
+    # --resume: the stored profile is not measured again
+    r = run_cli("bench", "--what", "profile", "--threads", "1", "--out", str(tmp_path), "--resume")
+    assert r.returncode == 0 and "stored earlier, not run again" in r.stdout and json.loads(f.read_text())["profile"] == res2["profile"], r.stderr
     r = run_cli("bench", "--what", "paths,speed")
     assert r.returncode != 0 and "unknown part" in r.stderr + r.stdout
 

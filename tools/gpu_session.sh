@@ -10,8 +10,9 @@
 #         tests      the kernel and dispatch tests on CUDA (pytest; every kernel specialisation compiles: minutes)
 #         cema tsn attention benchmarks   nbs/10, 11, 12, 20 with their #| gpu cells (tools/run_nb.py --flags gpu)
 #         paths      megalodon-lit bench --what paths (each path timed, kernels included)
-#         train decode profile   megalodon-lit bench --what PART --size gpu, saved after every row, merged into
-#                    kernels/results/<gpu>/end_to_end.json; measurements not started in time are recorded as skipped
+#         train decode profile   megalodon-lit bench --what PART --size gpu --resume, saved after every row, merged
+#                    into kernels/results/<gpu>/end_to_end.json; measurements not started in time are recorded as
+#                    skipped, and the next call with the same part measures only those (carry kernels/results along)
 # Back on the development machine: tar xzf <files_at>/gpu_<parts>.tgz in the repository root, then nbdev-clean the
 # notebooks, look at `git diff`, commit notebooks and kernels/results together. Nothing here is needed on a GPU
 # machine with network access, where `make gpu` does the same in one go.
@@ -56,7 +57,7 @@ for part in "$@"; do
       timeout -s INT -k 15 "$left" "${CLI[@]}" bench --what paths || status=1 ;;
     train|decode|profile)
       # stop starting rows 120 s before the end: one row (a 32K training step timed a few times) can take a minute
-      timeout -s INT -k 15 "$left" "${CLI[@]}" bench --what "$part" --size gpu --out kernels/results --budget $((left - 120)) || status=1 ;;
+      timeout -s INT -k 15 "$left" "${CLI[@]}" bench --what "$part" --size gpu --out kernels/results --resume --budget $((left - 120)) || status=1 ;;
     *) echo "unknown part $part"; status=1 ;;
   esac
   echo "=== $part: $((SECONDS - t0)) s"
