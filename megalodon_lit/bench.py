@@ -266,6 +266,7 @@ def profile_step(model: nn.Module, # the model (moved to `device`)
                  device: str | torch.device = "cpu", # where to run
                 ) -> dict[str, float]: # seconds of one training step per category, and "total"
     "One training step under torch.profiler, its time split into CEMA, TimestepNorm, attention, matmuls and the rest."
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     dev = torch.device(device)
     model = model.to(dev).train()
@@ -281,7 +282,10 @@ def profile_step(model: nn.Module, # the model (moved to `device`)
     with _quiet_stderr(): prof.stop()
     events = prof.events()
     by_seq = _categorise(events)
-    own = (lambda e: e.self_device_time_total) if dev.type == "cuda" else (lambda e: e.self_cpu_time_total)
+    # On CUDA each kernel is listed twice: attached to the CPU op that launched it (in that op's self device time) and
+    # as a device-side event of its own; label spans have a device-side copy too. Count the CPU-side events only.
+    own = ((lambda e: e.self_device_time_total if e.device_type == DeviceType.CPU else 0.0) if dev.type == "cuda"
+           else (lambda e: e.self_cpu_time_total))
     out = dict.fromkeys(["CEMA", "TimestepNorm", "attention", "matmuls", "the rest"], 0.0)
     for e in events: out[_category(e, by_seq)] += own(e) / 1e6
     out["total"] = sum(out.values())

@@ -88,12 +88,17 @@ def test_autotuned_launch_path(monkeypatch):
     fake_bench = lambda fn, quantiles: (fn(), [float(next(timings))] * 3)[1]
     for kernel in (ops._attention_fwd_kernel, ops._attention_bwd_dq_kernel, ops._attention_bwd_dkdv_kernel):
         ops._TUNED[kernel.__name__] = ops._autotuned(kernel, [(16, 16, 4, 2), (16, 32, 4, 2)], do_bench=fake_bench)
-    q, k, v = (t.detach().float() for t in _qkv(1, 40, 2, 16, 24, seed=2))
+    q64, k64, v64 = _qkv(1, 40, 2, 16, 24, seed=2)
+    ref = attention_ref(q64, k64, v64, 16, 2)
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(DEV)
+    g_ref = torch.autograd.grad(ref, (q64, k64, v64), g)
+    q, k, v = (t.detach().float() for t in (q64, k64, v64))
     o, lse = ops._attention_fwd(q, k, v, 16, 2, 0.0, 0, tune=True)
     o_fix, lse_fix = ops._attention_fwd(q, k, v, 16, 2, 0.0, 0, tune=False)
-    assert rel_err(o, o_fix) <= 1e-6 and rel_err(lse, lse_fix) <= 1e-6
-    g = torch.randn_like(o)
-    tuned = ops._attention_bwd(g, q, k, v, o_fix, lse_fix, 16, 2, 0.0, 0, tune=True)
-    fixed = ops._attention_bwd(g, q, k, v, o_fix, lse_fix, 16, 2, 0.0, 0, tune=False)
-    assert all(rel_err(a, b) <= 1e-6 for a, b in zip(tuned, fixed))
+    assert rel_err(o, ref) <= TOL and rel_err(o_fix, ref) <= TOL and rel_err(lse, lse_fix) <= TOL
+    # both launch paths against the float64 reference (two float32 summation orders differ from each other by up
+    # to ~2e-6 on their own: comparing them directly at 1e-6 failed for some upstream gradients)
+    tuned = ops._attention_bwd(g.float(), q, k, v, o_fix, lse_fix, 16, 2, 0.0, 0, tune=True)
+    fixed = ops._attention_bwd(g.float(), q, k, v, o_fix, lse_fix, 16, 2, 0.0, 0, tune=False)
+    assert all(rel_err(a, r) <= TOL and rel_err(b, r) <= TOL for a, b, r in zip(tuned, fixed, g_ref))
     assert all(t.best_config.kwargs["BN"] == 32 for t in ops._TUNED.values())
