@@ -36,8 +36,9 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-}   # the package from this tree, no instal
 CLI=("$PY" -c "import sys; from megalodon_lit.cli import main; sys.exit(main(sys.argv[1:]))")   # megalodon-lit, uninstalled
 declare -A NB=([cema]=nbs/10_triton_cema.ipynb [tsn]=nbs/11_triton_timestep_norm.ipynb
                [attention]=nbs/12_triton_attention.ipynb [benchmarks]=nbs/20_benchmarks.ipynb)
-ran=() status=0
+ran=() status=0 i=0
 for part in "$@"; do
+  i=$((i + 1))   # "${@:$i}": this part and the ones after it
   left=$((end - SECONDS))
   if [ "$left" -lt 30 ]; then echo "=== $part: not started, the call's budget is spent"; status=1; continue; fi
   echo; echo "=== $part ($left s left in this call, $(date -u +%H:%M:%S) UTC)"
@@ -56,8 +57,11 @@ for part in "$@"; do
     paths)
       timeout -s INT -k 15 "$left" "${CLI[@]}" bench --what paths || status=1 ;;
     train|decode|profile)
-      # stop starting rows 120 s before the end: one row (a 32K training step timed a few times) can take a minute
-      timeout -s INT -k 15 "$left" "${CLI[@]}" bench --what "$part" --size gpu --out kernels/results --resume --budget $((left - 120)) || status=1 ;;
+      # the bench parts still to run share the time left, less 120 s: one row (a 32K training step timed a few
+      # times, or a 128K prefill) can take a minute after its start
+      nb=0; for p in "${@:$i}"; do case $p in train|decode|profile) nb=$((nb + 1)) ;; esac; done
+      timeout -s INT -k 15 "$left" "${CLI[@]}" bench --what "$part" --size "${GPU_BENCH_SIZE:-gpu}" --out kernels/results --resume \
+        --budget $(((left - 120) / nb)) || status=1 ;;
     *) echo "unknown part $part"; status=1 ;;
   esac
   echo "=== $part: $((SECONDS - t0)) s"
