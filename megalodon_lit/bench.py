@@ -338,14 +338,14 @@ def run_benchmarks(parts: tuple[str, ...] = ("train", "decode", "profile"), # wh
     t_end = None if budget_s is None else time.monotonic() + budget_s
     def row(part: str, what: str, key: dict, lengths: list[dict], measure: Callable[[], object]) -> None:
         "Measure (the rows of one call), or once the budget is spent record each length as skipped; log; checkpoint."
-        where = " ".join(f"{k}={v}" for n in lengths for k, v in n.items())
+        where = "".join(f" {k}={v}" for n in lengths for k, v in n.items())
         if done is not None and _stored(done, part, key, lengths):
-            log(f"{part} {what} {where}: stored earlier, not run again"); return
+            log(f"{part} {what}{where}: stored earlier, not run again"); return
         if t_end is not None and time.monotonic() > t_end:
             skipped = dict(skipped=f"time budget of {budget_s:.0f} s spent")
             if part == "profile": out["profile"][key["impl"]] = skipped
             else: out[part] += [{**key, **n, **skipped} for n in lengths]
-            log(f"{part} {what} {where}: skipped (time budget)")
+            log(f"{part} {what}{where}: skipped (time budget)")
         elif part == "profile":
             out["profile"][key["impl"]] = p = measure()
             log(f"profile {what}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in p.items()))
