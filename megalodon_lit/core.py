@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['BACKENDS', 'rel_err', 'assert_close', 'ErrorTable', 'nonfinite', 'check_values', 'check_finite', 'working_dtype',
-           'check_shape', 'triton_available', 'triton_interpreting', 'resolve_backend', 'default_device',
-           'seed_everything', 'median_time', 'set_plot_style']
+__all__ = ['BACKENDS', 'POISON', 'rel_err', 'assert_close', 'ErrorTable', 'nonfinite', 'check_values', 'check_finite',
+           'working_dtype', 'check_shape', 'triton_available', 'triton_interpreting', 'out_buffer', 'resolve_backend',
+           'default_device', 'seed_everything', 'median_time', 'set_plot_style']
 
 # %% ../nbs/00_core.ipynb #ea5a020d
 def rel_err(actual: Tensor, # the tensor under test
@@ -108,6 +108,14 @@ def triton_available() -> bool:
 def triton_interpreting() -> bool:
     "True when Triton kernels run through the CPU interpreter (`TRITON_INTERPRET=1`)."
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+POISON: bool | None = None  # kernel output buffers NaN-filled? None: only under the interpreter (tests); True/False: always/never
+
+def out_buffer(*shape, device, dtype=torch.float32) -> Tensor:
+    """An output buffer for a kernel: NaN-filled when testing, so an element a kernel forgets to write fails the parity
+    checks; uninitialised otherwise, since a fill is a full extra pass over memory. A GPU parity check sets `POISON = True`."""
+    poison = triton_interpreting() if POISON is None else POISON
+    return torch.full(shape, float("nan"), device=device, dtype=dtype) if poison else torch.empty(shape, device=device, dtype=dtype)
 
 # %% ../nbs/00_core.ipynb #694350d9
 def resolve_backend(backend: str, # one of `BACKENDS`

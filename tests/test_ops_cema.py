@@ -10,6 +10,11 @@ pytest.importorskip("triton")
 from megalodon_lit.cema import CEMAParameters, ComplexEMA, cema_coeffs, cema_recurrent
 from megalodon_lit.core import rel_err
 from megalodon_lit.ops.cema import _chunk_bwd, _chunk_fwd, cema_step_triton, cema_triton
+import megalodon_lit.core as core  # noqa: E402
+
+# Kernel outputs start as NaN on every device here (not only in the interpreter): an element a kernel forgets to
+# write then fails the parity checks on a GPU too.
+core.POISON = True
 
 DEV = torch.device("cuda") if os.environ.get("TRITON_INTERPRET", "0") in ("", "0") else torch.device("cpu")
 # Measured in the interpreter (notebook 10): float32 outputs and gradients within 1.2e-6 of the float64 reference

@@ -20,6 +20,11 @@ pytest.importorskip("triton")
 
 from megalodon_lit.core import rel_err, triton_interpreting  # noqa: E402
 from megalodon_lit.ops.timestep_norm import _tsn_triton, timestep_norm_triton  # noqa: E402
+import megalodon_lit.core as core  # noqa: E402
+
+# Kernel outputs start as NaN on every device here (not only in the interpreter): an element a kernel forgets to
+# write then fails the parity checks on a GPU too.
+core.POISON = True
 from megalodon_lit.timestep_norm import _tsn_torch, timestep_norm, timestep_norm_ref  # noqa: E402
 
 DEV = "cpu" if triton_interpreting() or not torch.cuda.is_available() else "cuda"

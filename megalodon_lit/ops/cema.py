@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..core import triton_interpreting
+from ..core import out_buffer, triton_interpreting
 from ..cema import _cema_inputs, _narrow
 from ..cema_params import cema_powers, cema_kernel
 
@@ -67,8 +67,8 @@ def cema_step_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
     B, D, L, N, _, _ = _cema_inputs(x, p, q, g, h0)
     if x.dtype == torch.float64: raise TypeError("the Triton kernels compute in float32; use cema_recurrent or cema_chunked for float64")
     x = x.contiguous()
-    y = torch.full_like(x, float("nan"))
-    h = torch.full((B, D, N, 2), float("nan"), device=x.device)
+    y = out_buffer(*x.shape, device=x.device, dtype=x.dtype)
+    h = out_buffer(B, D, N, 2, device=x.device)
     _cema_step_fwd_kernel[(B, triton.cdiv(D, block_d))](
         x, y, p.detach().to(torch.float32).contiguous(), _as_pairs(q.detach()), _as_pairs(g.detach()),
         _as_pairs(h0.detach()) if h0 is not None else h, h, D, L, N,
@@ -201,9 +201,9 @@ def _chunk_fwd(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None, T:
     B, D, L = x.shape; N = p.shape[1]
     NC = triton.cdiv(L, T); r = L - (NC - 1) * T
     k, pin, gout, qT, qr = _fwd_tables(p, q, g, T, r)
-    y = torch.full_like(x, float("nan"))
-    h = torch.full((B, D, N, 2), float("nan"), device=x.device)
-    s = torch.full((B, D, NC, 2, N), float("nan"), device=x.device) if save_states else None
+    y = out_buffer(*x.shape, device=x.device, dtype=x.dtype)  # NaN-filled under the interpreter only (core.out_buffer)
+    h = out_buffer(B, D, N, 2, device=x.device)
+    s = out_buffer(B, D, NC, 2, N, device=x.device) if save_states else None
     _cema_chunk_fwd_kernel[(B * D,)](
         x, y, k, pin, gout, qT, qr, _as_pairs(h0) if h0 is not None else h, h, s if save_states else h,
         B, D, L, N, NC, HAS_H0=h0 is not None, SAVE_STATES=save_states,
@@ -400,12 +400,12 @@ def _chunk_bwd(x: Tensor, dy: Tensor, states: Tensor, dh: Tensor, p: Tensor, q: 
     NC = triton.cdiv(L, T); r = L - (NC - 1) * T
     dy, dh = dy.contiguous(), _as_pairs(dh)
     k, w1, v1, g32, p32, cqT, cqr, fT, fr = _bwd_tables(p, q, g, T, r)
-    dx = torch.full_like(x, float("nan"))
-    dh0 = torch.full((B, D, N, 2), float("nan"), device=x.device)
-    E = torch.full((B, D, NC, 2, N), float("nan"), device=x.device)              # E of every chunk, laid out as the states
-    es = torch.full((D, N, 2), float("nan"), device=x.device)
-    GS, GE = (torch.full((D, 2, N, T), float("nan"), device=x.device) for _ in range(2))
-    M = torch.full((D, T, T), float("nan"), device=x.device)
+    dx = out_buffer(*x.shape, device=x.device, dtype=x.dtype)
+    dh0 = out_buffer(B, D, N, 2, device=x.device)
+    E = out_buffer(B, D, NC, 2, N, device=x.device)                             # E of every chunk, laid out as the states
+    es = out_buffer(D, N, 2, device=x.device)
+    GS, GE = (out_buffer(D, 2, N, T, device=x.device) for _ in range(2))
+    M = out_buffer(D, T, T, device=x.device)
     blocks = dict(T=T, BC=BC or _blocks(x, N)[0], BN=BN or _blocks(x, N)[1], PREC=prec or DOT_PRECISION)
     _cema_chunk_bwd_dx_kernel[(B * D,)](dy, dh, dx, dh0, E, k, w1, v1, g32, p32, cqT, cqr, B, D, L, N, NC, **blocks, **LAUNCH["bwd"])
     _cema_chunk_bwd_params_kernel[(D,)](x, dy, states, E, dh, es, GS, GE, M, fT, fr, B, D, L, N, NC, **blocks, **LAUNCH["bwd_params"])

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..core import triton_interpreting
+from ..core import out_buffer, triton_interpreting
 from ..timestep_norm import _tsn_inputs
 
 # %% auto #0
@@ -107,12 +107,7 @@ def _prep(x: Tensor, weight: Tensor, bias: Tensor, count: Tensor, mean: Tensor, 
     return (x.contiguous(), keep.contiguous(), (1 + weight).to(f32).contiguous(), bias.to(f32).contiguous(),
             count.to(f32).contiguous(), mean.to(f32).contiguous(), var.to(f32).contiguous())
 
-_POISON: bool | None = None  # None: NaN-fill output buffers only under the interpreter
-
-def _buf(*shape, device, dtype=torch.float32) -> Tensor:
-    "An output buffer: NaN-filled when testing (so an unwritten element fails), uninitialised otherwise (a fill is a full extra pass)."
-    poison = triton_interpreting() if _POISON is None else _POISON
-    return torch.full(shape, float("nan"), device=device, dtype=dtype) if poison else torch.empty(shape, device=device, dtype=dtype)
+_buf = out_buffer  # NaN-filled under the interpreter (or with core.POISON = True), uninitialised otherwise
 
 def _blocks(L: int, Dg: int, BT: int | None, split: bool) -> tuple[int, int, int, int]:
     "Tile of BT steps by BD channels, the number of time blocks NT, and warps (about 8 elements a thread)."
