@@ -188,12 +188,15 @@ def test_source_link_opens_the_code(site, page):
     page.goto(f"{site}/cema_paths.html")
     page.click_element("document.querySelector('#cema_fft').closest('section').querySelector('a.source-link')")
     page.wait_for("location.pathname.includes('_modules/megalodon_lit/cema.html') && document.readyState === 'complete'", 30)
-    # The text of the anchored line: the siblings after its anchor, up to the next line's anchor.
+    # The text of the anchored line and the two after it: the siblings after its anchor, up to the third line anchor.
     line = page.eval("""(() => { const a = document.getElementById(location.hash.slice(1)); if (!a) return null;
-      let t = '', n = a.nextSibling; while (n && !(n.tagName === 'A' && n.id.startsWith('L-'))) { t += n.textContent; n = n.nextSibling; }
+      let t = '', k = 0, n = a.nextSibling; while (n && k < 3) { if (n.tagName === 'A' && n.id.startsWith('L-')) k += 1; else t += n.textContent; n = n.nextSibling; }
       return t; })()""")
     assert line is not None, "the source page has no anchor for the linked line"
-    assert re.search(r"def cema_fft\(", line), f"the link lands on {line!r}"
+    # the definition itself, or its decorators and then the definition (each line starts with its line number)
+    lines = [re.sub(r"^\d+", "", l) for l in line.splitlines()]
+    k = next((i for i, l in enumerate(lines) if re.match(r"\s*def cema_fft\(", l)), None)
+    assert k is not None and all(l.lstrip().startswith("@") for l in lines[:k]), f"the link lands on {line!r}"
     assert page.problems() == [], page.problems()
 
 
