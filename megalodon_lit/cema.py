@@ -167,6 +167,8 @@ def cema_chunked(x: Tensor, # [B, D, L] real input
 # %% ../nbs/02_cema_paths.ipynb #eb9f46cb
 SHORT_STEPS = 16  # up to this many steps the "torch" path runs the recurrence (measured in "Short inputs" below)
 
+def _needs_grad(*ts) -> bool: return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
 def cema(x: Tensor, # [B, D, L] real input
          p: Tensor, q: Tensor, g: Tensor, # [D, N] coefficients from `cema_coeffs`
          h0: Tensor | None = None, # [B, D, N] complex initial state
@@ -180,7 +182,9 @@ def cema(x: Tensor, # [B, D, L] real input
         # A few steps (a decode step is one) cost less as the recurrence than building the chunked scan's tables.
         if path == "ref" or (path == "torch" and x.shape[-1] <= SHORT_STEPS): return cema_recurrent(x, p, q, g, h0)
         if path == "triton":
-            from megalodon_lit.ops.cema import cema_triton  # imported on use: needs triton
+            from megalodon_lit.ops.cema import cema_step_triton, cema_triton  # imported on use: needs triton
+            # likewise on the GPU: a few steps without gradients take the step kernel, one launch and no tables
+            if x.shape[-1] <= SHORT_STEPS and not _needs_grad(x, p, q, g, h0): return cema_step_triton(x, p, q, g, h0)
             return cema_triton(x, p, q, g, h0)
         return cema_chunked(x, p, q, g, h0, chunk_size=chunk_size)
 

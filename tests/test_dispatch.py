@@ -74,6 +74,24 @@ def test_attention_step_uses_the_decode_kernel_for_inference(monkeypatch):
     assert not calls
 
 
+def test_short_cema_without_gradients_uses_the_step_kernel(monkeypatch):
+    "A decode-sized CEMA call on the Triton path runs the step kernel (one launch, no tables); with gradients, the chunked one."
+    import megalodon_lit.ops.cema as ops
+    from megalodon_lit.cema import CEMAParameters, cema, cema_recurrent
+    calls = []
+    for name in ("cema_step_triton", "cema_triton"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _n=name, _f=real, **k: calls.append(_n) or _f(*a, **k))
+    p, q, g = (t.detach().to(DEV) for t in CEMAParameters(5, 3).coeffs())
+    x, h0 = torch.randn(2, 5, 3, device=DEV), torch.randn(2, 5, 3, dtype=torch.complex64, device=DEV)
+    with torch.no_grad(): y, h = cema(x, p, q, g, h0, backend="triton")
+    y64, h64 = cema_recurrent(x.double(), p.double(), q.to(torch.complex128), g.to(torch.complex128), h0.to(torch.complex128))
+    assert calls == ["cema_step_triton"] and rel_err(y, y64) <= TOL and rel_err(h, h64) <= TOL
+    calls.clear()
+    cema(x.clone().requires_grad_(), p, q, g, h0, backend="triton")
+    assert calls == ["cema_triton"]
+
+
 @pytest.mark.skipif(not INTERPRET, reason="CPU tensors reach the kernels only through the interpreter")
 def test_auto_on_cpu_is_torch():
     x = torch.randn(2, 3)
