@@ -209,7 +209,7 @@ class ComplexEMA(CEMAParameters):
                ) -> tuple[Tensor, Tensor]: # y [B, D, L] in x's dtype, h [B, D, N] complex
         p, q, g = self.coeffs()
         y, h = cema(x, p, q, g, h0, backend=backend or self.backend, chunk_size=self.chunk_size)
-        return y + x * self.omega.to(x.dtype), h
+        return torch.addcmul(y, x, self.omega.to(x.dtype)), h  # y + ω x in one pass over memory (not a product, then a sum)
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, ndim={self.ndim}, backend={self.backend!r}, chunk_size={self.chunk_size}"
