@@ -149,7 +149,7 @@ def cema_chunked(x: Tensor, # [B, D, L] real input
     xc = F.pad(x.to(rdt), (0, nc * T - L)).view(B, D, nc, T)
     p64, g64 = p.to(torch.float64).unsqueeze(-1), g.to(torch.complex128).unsqueeze(-1)
     powers = cema_powers(q, torch.arange(T + 1))                       # [D, N, T+1]: q^0 .. q^T
-    within = _narrow(_toeplitz(cema_kernel(p, q, g, T)), rdt)             # [D, T, T]
+    within = _narrow(_toeplitz(cema_kernel(p, q, g, T, powers)), rdt)     # [D, T, T] (from the same powers)
     into_state = _narrow(p64 * powers[..., :T].flip(-1), cdt)           # [D, N, T]: p q^{T-1-s}
     out_of_state = _narrow(g64 * powers[..., 1:], cdt)                  # [D, N, T]: g q^{t+1}
     y = torch.einsum("dts,bdcs->bdct", within, xc)                      # 1. within chunks

@@ -54,11 +54,12 @@ def cema_kernel(p: Tensor, # [D, N] real input weights
                 q: Tensor, # [D, N] complex decay factors
                 g: Tensor, # [D, N] complex output projection
                 length: int, # number of taps L
+                powers: Tensor | None = None, # [D, N, >= L] q^0, q^1, ... if the caller has built them (`cema_powers`)
                ) -> Tensor: # [D, L] real kernel k, float64
     "The convolution kernel k_j = Re Σ_n p_n g_n q_n^j, j = 0..L-1 (the reference's `ema_parameters` weight), in float64."
-    j = torch.arange(length, device=q.device)
+    if powers is None: powers = cema_powers(q, torch.arange(length, device=q.device))
     pg = (p.to(torch.float64) * g.to(torch.complex128)).unsqueeze(-1)  # [D, N, 1]
-    return (pg * cema_powers(q, j)).real.sum(1)                        # [D, L]
+    return (pg * powers[..., :length]).real.sum(1)                     # [D, L]
 
 # %% ../nbs/01_cema.ipynb #060381cc
 def theta_ladder(dim: int, # number of channels D

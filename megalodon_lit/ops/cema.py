@@ -187,7 +187,7 @@ def _fwd_tables(p: Tensor, q: Tensor, g: Tensor, T: int, r: int) -> tuple[Tensor
     "The chunked forward's tables, built in float64: k [D, T], p q^{T-1-s}, g q^{t+1}, q^T, q^r."
     p64, g64 = p.to(torch.float64).unsqueeze(-1), g.to(torch.complex128).unsqueeze(-1)
     powers = cema_powers(q, torch.arange(T + 1))                                  # [D, N, T+1]: q^0 .. q^T
-    k = _narrow(cema_kernel(p, q, g, T), torch.float32).contiguous()
+    k = _narrow(cema_kernel(p, q, g, T, powers), torch.float32).contiguous()
     return k, _split(p64 * powers[..., :T].flip(-1)), _split(g64 * powers[..., 1:]), _narrow_pairs(powers[..., T]), _narrow_pairs(powers[..., r])
 
 def _blocks(x: Tensor, N: int) -> tuple[int, int]:
