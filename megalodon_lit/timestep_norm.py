@@ -119,7 +119,9 @@ def timestep_norm(x: Tensor, # [B, L, D] input
     "TimestepNorm, vectorised over time with centred cumulative moments (or the loop with backend='ref')."
     path = resolve_backend(backend, x, available=("ref", "torch", "triton"))
     with torch.profiler.record_function("megalodon.timestep_norm"):
-        if path == "ref": return timestep_norm_ref(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
+        # one step (a decode step) costs fewer operations as the loop than as the vectorised form's cumulative sums
+        if path == "ref" or (path == "torch" and x.shape[1] == 1):
+            return timestep_norm_ref(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
         if path == "triton":
             from megalodon_lit.ops.timestep_norm import timestep_norm_triton  # imported on use: needs triton
             return timestep_norm_triton(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
