@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
 import os
 import math
@@ -363,10 +364,9 @@ def run_benchmarks(parts: tuple[str, ...] = ("train", "decode", "profile"), # wh
         if "decode" in parts:
             for impl, make in ((f"megalodon/{backends[-1]}", lambda: _megalodon(preset, layers, backends[-1])),
                                ("transformer", lambda: LlamaBaseline.matching(_config(preset, layers)))):
-                built = {}  # one model per implementation, built on first use, measured one context per row
+                model = functools.cache(make)  # one model per implementation, built on first use, measured one context per row
                 for c in S["decode_ctx"]:
-                    row("decode", f"{name} {impl}", dict(model=name, impl=impl), [dict(context=c)],
-                        lambda: bench_decode(built["m"] if "m" in built else built.setdefault("m", make()), [c], dev))
+                    row("decode", f"{name} {impl}", dict(model=name, impl=impl), [dict(context=c)], lambda: bench_decode(model(), [c], dev))
         if "profile" in parts:
             for b in backends:
                 row("profile", f"{name} megalodon/{b} L={S['train_ctx'][0]}", dict(impl=f"{name} megalodon/{b}"), [{}],
@@ -375,6 +375,8 @@ def run_benchmarks(parts: tuple[str, ...] = ("train", "decode", "profile"), # wh
 
 # %% ../nbs/20_benchmarks.ipynb #a36f645b
 def _row_id(r: dict) -> tuple: return (r.get("model"), r["impl"], r.get("seq_len"), r.get("context"))
+
+def _results_path(root: str | Path, device_name: str, name: str) -> Path: return Path(root) / device_slug(device_name) / f"{name}.json"
 
 def _stored(done: dict, part: str, key: dict, lengths: list[dict]) -> bool:
     "Whether `done` holds a measurement (not a skip) of every row that this call of `part` would produce."
@@ -388,7 +390,7 @@ def load_results(root: str | Path = "kernels/results", # results folder
                 ) -> dict | None: # the stored results, or None
     "The results `save_results` stored for this machine's device, if any."
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    path = Path(root) / device_slug(device_record(dev)["device"]) / f"{name}.json"
+    path = _results_path(root, device_record(dev)["device"], name)
     return json.loads(path.read_text()) if path.exists() else None
 
 def save_results(res: dict, # from `run_benchmarks`
@@ -398,16 +400,15 @@ def save_results(res: dict, # from `run_benchmarks`
     """Write the results as JSON under root/<device slug>/<name>.json, merged with what the file holds: a row replaces
     the stored row of the same model, implementation and length unless it was skipped, other rows stay. So the parts
     can run one at a time (`--what train`, then `--what decode`) and a run cut short loses nothing measured before."""
-    path = Path(root) / device_slug(res["record"]["device"]) / f"{name}.json"
+    path = _results_path(root, res["record"]["device"], name)
     path.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(path.read_text()) if path.exists() else {}
-    ident = _row_id
     merged = {**old, **{k: v for k, v in res.items() if k not in ("train", "decode", "profile")}}
     merged.setdefault("records", {}).update({p: res["record"] for p in ("train", "decode", "profile") if res.get(p)})
     for part in ("train", "decode"):
-        rows = {ident(r): r for r in old.get(part, [])}
+        rows = {_row_id(r): r for r in old.get(part, [])}
         for r in res.get(part, []):
-            if "skipped" not in r or ident(r) not in rows: rows[ident(r)] = r
+            if "skipped" not in r or _row_id(r) not in rows: rows[_row_id(r)] = r
         merged[part] = list(rows.values())
     prof = dict(old.get("profile", {}))
     prof.update({k: v for k, v in res.get("profile", {}).items() if "skipped" not in v or k not in prof})

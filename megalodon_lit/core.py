@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['BACKENDS', 'POISON', 'rel_err', 'assert_close', 'ErrorTable', 'nonfinite', 'check_values', 'check_finite',
-           'working_dtype', 'check_shape', 'triton_available', 'triton_interpreting', 'out_buffer', 'resolve_backend',
-           'default_device', 'seed_everything', 'median_time', 'set_plot_style']
+__all__ = ['BACKENDS', 'POISON', 'rel_err', 'assert_close', 'ErrorTable', 'nonfinite', 'check_values', 'working_dtype',
+           'check_shape', 'triton_available', 'triton_interpreting', 'out_buffer', 'resolve_backend', 'default_device',
+           'seed_everything', 'median_time', 'set_plot_style']
 
 # %% ../nbs/00_core.ipynb #ea5a020d
 def rel_err(actual: Tensor, # the tensor under test
@@ -81,10 +81,6 @@ def check_values(*checks: tuple[str, Tensor]) -> None:
     flags = torch.stack([flag.reshape(()).to(dev) for _, flag in checks]).tolist()  # the one synchronisation
     bad = next((msg for (msg, _), f in zip(checks, flags) if f), None)
     if bad is not None: raise ValueError(bad)
-
-def check_finite(name: str, t: Tensor) -> None:
-    "Raise a `ValueError` naming `name` if `t` has a nan or an inf."
-    check_values(nonfinite(name, t))
 
 def working_dtype(t: Tensor) -> torch.dtype:
     "The dtype to compute in for input `t`: float64 stays float64, everything else (float32, bfloat16) works in float32."

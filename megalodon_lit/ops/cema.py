@@ -367,9 +367,9 @@ def _bwd_weights(q: Tensor, T: int) -> tuple[Tensor, ...]:
     v2 = torch.cat([(T - 1 - j[:-1]) * pw[..., :T - 1].flip(-1), torch.zeros_like(pw[..., :1])], -1)
     return pw[..., 1:], (j + 1) * pw[..., :T], pw[..., :T].flip(-1), v2
 
-def _bwd_tables(p: Tensor, q: Tensor, g: Tensor, T: int, r: int) -> tuple[Tensor, ...]:
+def _bwd_tables(p: Tensor, q: Tensor, g: Tensor, T: int, r: int, weights: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     "The tables the backward kernels read, built in float64, stored float32: k, W1, V1, g, p, conj(q)^T, conj(q)^r, T conj(q)^(T-1), r conj(q)^(r-1)."
-    W1, _, V1, _ = _bwd_weights(q, T)
+    W1, _, V1, _ = weights
     ends = cema_powers(q.to(torch.complex128).conj(), torch.tensor([T, r, T - 1, r - 1]))
     return (_narrow(cema_kernel(p, q, g, T), torch.float32).contiguous(), _split(W1), _split(V1), _as_pairs(g), p.to(torch.float32).contiguous(),
             _narrow_pairs(ends[..., 0]), _narrow_pairs(ends[..., 1]), _narrow_pairs(T * ends[..., 2]), _narrow_pairs(r * ends[..., 3]))
@@ -380,9 +380,9 @@ def _diag_sums(M: Tensor) -> Tensor: # [D, T, T] -> [D, T]
     col = torch.arange(T, device=M.device)[:, None] + torch.arange(T, device=M.device)[None, :]   # [s, j] -> s + j
     return (M.gather(2, col.clamp(max=T - 1).expand_as(M)) * (col < T)).sum(1)
 
-def _param_grads(p: Tensor, q: Tensor, g: Tensor, es: Tensor, GS: Tensor, GE: Tensor, M: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _param_grads(p: Tensor, g: Tensor, es: Tensor, GS: Tensor, GE: Tensor, M: Tensor, weights: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
     "dp, dq, dg in float64 from the parameter kernel's sums: the weights over t and the lag correlations, applied once per channel."
-    W1, W2, V1, V2 = _bwd_weights(q, M.shape[-1])
+    W1, W2, V1, V2 = weights
     GS, GE = (torch.complex(G[:, 0].double(), G[:, 1].double()) for G in (GS, GE))  # [D, N, T]
     c = _diag_sums(M.double()).to(torch.complex128)
     R = torch.einsum("dnj,dj->dn", V1.flip(-1), c)                               # Σ_j conj(q)^j c_j
@@ -399,7 +399,8 @@ def _chunk_bwd(x: Tensor, dy: Tensor, states: Tensor, dh: Tensor, p: Tensor, q: 
     B, D, L = x.shape; N = p.shape[1]
     NC = triton.cdiv(L, T); r = L - (NC - 1) * T
     dy, dh = dy.contiguous(), _as_pairs(dh)
-    k, w1, v1, g32, p32, cqT, cqr, fT, fr = _bwd_tables(p, q, g, T, r)
+    weights = _bwd_weights(q, T)  # built once, used by the kernels' tables and by the float64 finish
+    k, w1, v1, g32, p32, cqT, cqr, fT, fr = _bwd_tables(p, q, g, T, r, weights)
     dx = out_buffer(*x.shape, device=x.device, dtype=x.dtype)
     dh0 = out_buffer(B, D, N, 2, device=x.device)
     E = out_buffer(B, D, NC, 2, N, device=x.device)                             # E of every chunk, laid out as the states
@@ -409,7 +410,7 @@ def _chunk_bwd(x: Tensor, dy: Tensor, states: Tensor, dh: Tensor, p: Tensor, q: 
     blocks = dict(T=T, BC=BC or _blocks(x, N)[0], BN=BN or _blocks(x, N)[1], PREC=prec or DOT_PRECISION)
     _cema_chunk_bwd_dx_kernel[(B * D,)](dy, dh, dx, dh0, E, k, w1, v1, g32, p32, cqT, cqr, B, D, L, N, NC, **blocks, **LAUNCH["bwd"])
     _cema_chunk_bwd_params_kernel[(D,)](x, dy, states, E, dh, es, GS, GE, M, fT, fr, B, D, L, N, NC, **blocks, **LAUNCH["bwd_params"])
-    return dx, *_param_grads(p, q, g, es, GS, GE, M), torch.view_as_complex(dh0)
+    return dx, *_param_grads(p, g, es, GS, GE, M, weights), torch.view_as_complex(dh0)
 
 
 # %% ../../nbs/10_triton_cema.ipynb #557488c1

@@ -107,7 +107,11 @@ def _prep(x: Tensor, weight: Tensor, bias: Tensor, count: Tensor, mean: Tensor, 
     return (x.contiguous(), keep.contiguous(), (1 + weight).to(f32).contiguous(), bias.to(f32).contiguous(),
             count.to(f32).contiguous(), mean.to(f32).contiguous(), var.to(f32).contiguous())
 
-_buf = out_buffer  # NaN-filled under the interpreter (or with core.POISON = True), uninitialised otherwise
+def _fwd_outputs(x: Tensor, G: int) -> tuple[Tensor, ...]:
+    "The forward kernels' outputs: y (x's dtype), the running mean and rstd [B, L, G], the final mean and var [B, G]."
+    (B, L, _), dev = x.shape, x.device
+    return (out_buffer(*x.shape, device=dev, dtype=x.dtype), out_buffer(B, L, G, device=dev), out_buffer(B, L, G, device=dev),
+            out_buffer(B, G, device=dev), out_buffer(B, G, device=dev))
 
 def _blocks(L: int, Dg: int, BT: int | None, split: bool) -> tuple[int, int, int, int]:
     "Tile of BT steps by BD channels, the number of time blocks NT, and warps (about 8 elements a thread)."
@@ -118,9 +122,9 @@ def _blocks(L: int, Dg: int, BT: int | None, split: bool) -> tuple[int, int, int
 
 def _tsn_fwd_loop(x, keep, scale, shift, n0, m0, v0, G: int, eps: float, BT: int | None = None):
     "Forward with one program per (b, g): y, running mean and rstd [B, L, G], final mean and var [B, G]."
-    (B, L, D), dev = x.shape, x.device
+    B, L, D = x.shape
     BT, BD, NT, nw = _blocks(L, D // G, BT, split=False)
-    y, Mt, rt, Mf, Vf = _buf(*x.shape, device=dev, dtype=x.dtype), _buf(B, L, G, device=dev), _buf(B, L, G, device=dev), _buf(B, G, device=dev), _buf(B, G, device=dev)
+    y, Mt, rt, Mf, Vf = _fwd_outputs(x, G)
     _tsn_fwd_loop_kernel[(G, B)](x, keep, scale, shift, n0, m0, v0, y, Mt, rt, Mf, Vf, L, D, G, D // G, eps,
                                  BT=BT, BD=BD, num_warps=nw)
     return y, Mt, rt, Mf, Vf, None
@@ -193,8 +197,8 @@ def _tsn_fwd_split(x, keep, scale, shift, n0, m0, v0, G: int, eps: float, BT: in
     "Forward split over time (block moments, scan, normalise): as `_tsn_fwd_loop`, plus the block start states."
     (B, L, D), dev = x.shape, x.device
     BT, BD, NT, nw = _blocks(L, D // G, BT, split=True)
-    y, Mt, rt, Mf, Vf = _buf(*x.shape, device=dev, dtype=x.dtype), _buf(B, L, G, device=dev), _buf(B, L, G, device=dev), _buf(B, G, device=dev), _buf(B, G, device=dev)
-    c, m, q, ns, Ms, Vs = (_buf(B, G, NT, device=dev) for _ in range(6))
+    y, Mt, rt, Mf, Vf = _fwd_outputs(x, G)
+    c, m, q, ns, Ms, Vs = (out_buffer(B, G, NT, device=dev) for _ in range(6))
     _tsn_fwd_stats_kernel[(NT, G, B)](x, keep, c, m, q, L, D, G, D // G, NT, BT=BT, BD=BD, num_warps=nw)
     _tsn_fwd_scan_kernel[(G, B)](c, m, q, n0, m0, v0, ns, Ms, Vs, Mf, Vf, G, NT, BN=triton.next_power_of_2(NT + 1))
     _tsn_fwd_kernel[(NT, G, B)](x, keep, scale, shift, ns, Ms, Vs, y, Mt, rt, L, D, G, D // G, NT, eps,
@@ -237,7 +241,7 @@ def _tsn_fwd_chain(x, keep, scale, shift, n0, m0, v0, G: int, eps: float, BT: in
     "Forward in one pass with blocks chained through their end states: as `_tsn_fwd_loop`."
     (B, L, D), dev = x.shape, x.device
     BT, BD, NT, nw = _blocks(L, D // G, BT, split=False)
-    y, Mt, rt, Mf, Vf = _buf(*x.shape, device=dev, dtype=x.dtype), _buf(B, L, G, device=dev), _buf(B, L, G, device=dev), _buf(B, G, device=dev), _buf(B, G, device=dev)
+    y, Mt, rt, Mf, Vf = _fwd_outputs(x, G)
     # steps counted before each block follow from the mask alone [B, NT]
     ns = (n0[:, None] + torch.nn.functional.pad(keep.cumsum(1), (1, 0))[:, 0:L:BT]).contiguous()
     tk = torch.zeros(1, device=dev, dtype=torch.int32)
@@ -310,7 +314,7 @@ def _tsn_bwd_loop(x, dy, keep, n, Mt, rt, scale, Mf, sA, sB, G: int, BT: int | N
     "Backward with one program per (b, g): dx, dw, db [D], and the total sums A_0, B_0 [B, G]."
     (B, L, D), dev = x.shape, x.device
     BT, BD, NT, nw = _blocks(L, D // G, BT, split=False)
-    dx, dw, db, At, Bt = _buf(*x.shape, device=dev, dtype=x.dtype), _buf(B, D, device=dev), _buf(B, D, device=dev), _buf(B, G, device=dev), _buf(B, G, device=dev)
+    dx, dw, db, At, Bt = out_buffer(*x.shape, device=dev, dtype=x.dtype), out_buffer(B, D, device=dev), out_buffer(B, D, device=dev), out_buffer(B, G, device=dev), out_buffer(B, G, device=dev)
     _tsn_bwd_loop_kernel[(G, B)](x, dy, keep, n, Mt, rt, scale, Mf, sA, sB, dx, dw, db, At, Bt, L, D, G, D // G, NT,
                                  BT=BT, BD=BD, num_warps=nw)
     return dx, dw.sum(0), db.sum(0), At, Bt
@@ -363,9 +367,9 @@ def _tsn_bwd_split(x, dy, keep, n, Mt, rt, scale, Mf, sA, sB, G: int, BT: int | 
     "Backward split over time (block sums, reverse scan, per-block dx): as `_tsn_bwd_loop`."
     (B, L, D), dev = x.shape, x.device
     BT, BD, NT, nw = _blocks(L, D // G, BT, split=True)
-    dx, At, Bt = _buf(*x.shape, device=dev, dtype=x.dtype), _buf(B, G, device=dev), _buf(B, G, device=dev)
-    sa, sb, As, Bs = (_buf(B, G, NT, device=dev) for _ in range(4))
-    dw, db = _buf(B, NT, D, device=dev), _buf(B, NT, D, device=dev)
+    dx, At, Bt = out_buffer(*x.shape, device=dev, dtype=x.dtype), out_buffer(B, G, device=dev), out_buffer(B, G, device=dev)
+    sa, sb, As, Bs = (out_buffer(B, G, NT, device=dev) for _ in range(4))
+    dw, db = out_buffer(B, NT, D, device=dev), out_buffer(B, NT, D, device=dev)
     _tsn_bwd_stats_kernel[(NT, G, B)](x, dy, keep, n, Mt, rt, scale, Mf, sa, sb, L, D, G, D // G, NT, BT=BT, BD=BD, num_warps=nw)
     _tsn_bwd_scan_kernel[(G, B)](sa, sb, sA, sB, As, Bs, At, Bt, G, NT, BN=triton.next_power_of_2(NT + 1))
     _tsn_bwd_kernel[(NT, G, B)](x, dy, keep, n, Mt, rt, scale, Mf, As, Bs, dx, dw, db, L, D, G, D // G, NT,
