@@ -16,7 +16,7 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['BACKENDS', 'POISON', 'rel_err', 'assert_close', 'ErrorTable', 'nonfinite', 'check_values', 'working_dtype',
            'check_shape', 'triton_available', 'triton_interpreting', 'out_buffer', 'resolve_backend', 'default_device',
-           'seed_everything', 'median_time', 'set_plot_style']
+           'seed_everything', 'kernel_op', 'median_time', 'set_plot_style']
 
 # %% ../nbs/00_core.ipynb #ea5a020d
 def rel_err(actual: Tensor, # the tensor under test
@@ -76,7 +76,8 @@ def nonfinite(name: str, t: Tensor) -> tuple[str, Tensor]:
 
 def check_values(*checks: tuple[str, Tensor]) -> None:
     "Raise a `ValueError` with the message of the first check whose flag (a boolean tensor) is True; all flags are read at once."
-    if not checks: return
+    # inside torch.compile a read of a device flag would split the graph (and still synchronise): compiled code is not checked
+    if not checks or torch.compiler.is_compiling(): return
     dev = checks[0][1].device
     flags = torch.stack([flag.reshape(()).to(dev) for _, flag in checks]).tolist()  # the one synchronisation
     bad = next((msg for (msg, _), f in zip(checks, flags) if f), None)
@@ -138,6 +139,15 @@ def default_device() -> torch.device:
 def seed_everything(seed: int = 0) -> None:
     "Seed Python's, NumPy's and PyTorch's generators (all devices) for a reproducible run."
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+
+# %% ../nbs/00_core.ipynb #4fdd841c
+def kernel_op(name: str, # operator name in the `megalodon_lit` namespace
+              schema: str, # its signature, e.g. "(Tensor x, int T) -> (Tensor, Tensor)"
+             ) -> Callable[[Callable], "torch.library.CustomOpDef"]:
+    "Decorator: register a function as a `torch.library.custom_op` (no input mutated), under `name` or, if taken, `name_2`, `name_3`, …"
+    qual, i = name, 1
+    while hasattr(torch.ops.megalodon_lit, qual): i, qual = i + 1, f"{name}_{i + 1}"
+    return lambda fn: torch.library.custom_op(f"megalodon_lit::{qual}", fn, mutates_args=(), schema=schema)
 
 # %% ../nbs/00_core.ipynb #966a4c0b
 def median_time(fn: Callable[[], object], # the work to time, called with no arguments

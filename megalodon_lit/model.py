@@ -189,6 +189,7 @@ def _check_ids(name: str, ids, vocab_size: int, allow_ignore: bool = False):
         raise TypeError(f"{name} must be an integer tensor [B, L], got {getattr(ids, 'dtype', type(ids).__name__)}")
     if ids.dim() != 2: raise ValueError(f"{name} must have shape [B, L], got {list(ids.shape)}")
     if ids.shape[0] == 0 or ids.shape[1] == 0: raise ValueError(f"{name} is empty (shape {list(ids.shape)}); give at least one token per row")
+    if torch.compiler.is_compiling(): return  # value checks run eagerly only (core: `check_values`)
     valid = (ids >= 0) & (ids < vocab_size)
     if allow_ignore: valid |= ids == -100
     if not bool(valid.all()):

@@ -14,7 +14,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..attention import _check_qkv
-from ..core import default_device, resolve_backend, triton_interpreting
+from ..core import default_device, kernel_op, resolve_backend, triton_interpreting
 
 # %% ../../nbs/12_triton_attention.ipynb #attn011
 @triton.jit
@@ -374,6 +374,37 @@ class _ChunkedAttention(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors
         return (*_attention_bwd(do, q, k, v, o, lse, *ctx.args), None, None, None, None, None)
 
+# %% ../../nbs/12_triton_attention.ipynb #b0537005
+# Inside torch.compile the kernels run as custom operators (core: `kernel_op`), opaque to the compiler. The DropKey seed
+# is a tensor there: drawing it as a Python int reads a value from a tensor, which would split the compiled graph.
+@kernel_op("attention_fwd", "(Tensor q, Tensor k, Tensor v, int C, int W, float p_drop, Tensor seed, int q_start, int k_start, int[]? blocks) -> (Tensor, Tensor)")
+def _attention_fwd_op(q, k, v, C, W, p_drop, seed, q_start, k_start, blocks):
+    return _attention_fwd(q, k, v, C, W, p_drop, int(seed), q_start, k_start, None if blocks is None else tuple(blocks))
+
+@_attention_fwd_op.register_fake
+def _(q, k, v, C, W, p_drop, seed, q_start, k_start, blocks):
+    B, Lq, H, _ = q.shape
+    return q.new_empty(B, Lq, H, v.shape[-1]), q.new_empty(B, H, Lq, dtype=torch.float32)
+
+@kernel_op("attention_bwd", "(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, int C, int W, float p_drop, Tensor seed, int[]? blocks) -> (Tensor, Tensor, Tensor)")
+def _attention_bwd_op(do, q, k, v, o, lse, C, W, p_drop, seed, blocks):
+    return _attention_bwd(do, q, k, v, o, lse, C, W, p_drop, int(seed), None if blocks is None else tuple(blocks))
+
+@_attention_bwd_op.register_fake
+def _(do, q, k, v, o, lse, C, W, p_drop, seed, blocks): return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+def _attention_op_setup(ctx, inputs, output):
+    q, k, v, C, W, p_drop, seed, _, _, blocks = inputs
+    ctx.save_for_backward(q, k, v, *output, seed)
+    ctx.args = (C, W, p_drop, blocks)
+
+def _attention_op_backward(ctx, do, _dlse):
+    q, k, v, o, lse, seed = ctx.saved_tensors
+    C, W, p_drop, blocks = ctx.args
+    return (*_attention_bwd_op(do, q, k, v, o, lse, C, W, p_drop, seed, blocks), None, None, None, None, None, None, None)
+
+_attention_fwd_op.register_autograd(_attention_op_backward, setup_context=_attention_op_setup)
+
 # %% ../../nbs/12_triton_attention.ipynb #attn034
 def _draw_seed() -> int: return int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64).item())
 
@@ -395,6 +426,10 @@ def attention_triton(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
         raise NotImplementedError("the Triton kernel implements DropKey only; post-softmax dropout is in backend='torch'")
     p_drop = dropout if dropkey else 0.0
     if L == 0: return v.new_zeros(B, 0, H, dv)
+    if torch.compiler.is_compiling():  # the operators above; the seed stays a tensor
+        if p_drop > 0 and seed is None: seed_t = torch.randint(0, 2**31 - 1, (), dtype=torch.int64)
+        else: seed_t = torch.tensor(int(seed) if p_drop > 0 else 0)
+        return _attention_fwd_op(q, k, v, chunk_size, attention_chunks, p_drop, seed_t, 0, 0, blocks)[0]
     seed = (_draw_seed() if seed is None else int(seed)) if p_drop > 0 else 0
     return _ChunkedAttention.apply(q, k, v, chunk_size, attention_chunks, p_drop, seed, blocks)
 
@@ -419,6 +454,8 @@ def attention_decode_triton(q: Tensor, # [B, n, H, dz] new queries at positions 
     resolve_backend("triton", q, k_cache, v_cache, available=("triton",))
     cfg = _config(dz, v_cache.shape[-1], q.dtype)
     blocks = (16, cfg["BN"], cfg["BDV"]) if n <= 16 else None  # one small query tile for a decode step
+    if torch.compiler.is_compiling():
+        return _attention_fwd_op(q, k_cache, v_cache, chunk_size, attention_chunks, 0.0, torch.tensor(0), seen, seen + n - Lk, blocks)[0]
     with torch.no_grad():
         o, _ = _attention_fwd(q, k_cache, v_cache, chunk_size, attention_chunks, 0.0, 0,
                               q_start=seen, k_start=seen + n - Lk, blocks=blocks)

@@ -12,8 +12,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..core import out_buffer, triton_interpreting
-from ..cema import _cema_inputs, _narrow
+from ..core import kernel_op, out_buffer, triton_interpreting
+from ..cema import _cema_inputs, _narrow, _needs_grad
 from ..cema_params import cema_powers, cema_kernel
 
 # %% auto #0
@@ -67,6 +67,7 @@ def cema_step_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
     B, D, L, N, _, _ = _cema_inputs(x, p, q, g, h0)
     if x.dtype == torch.float64: raise TypeError("the Triton kernels compute in float32; use cema_recurrent or cema_chunked for float64")
     x = x.contiguous()
+    if torch.compiler.is_compiling(): return _cema_step_op(x, p, q, g, h0, block_d)  # opaque to the compiler (section 5)
     y = out_buffer(*x.shape, device=x.device, dtype=x.dtype)
     h = out_buffer(B, D, N, 2, device=x.device)
     _cema_step_fwd_kernel[(B, triton.cdiv(D, block_d))](
@@ -427,9 +428,49 @@ class CEMATriton(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy, dh):
-        x, p, q, g, s = ctx.saved_tensors
-        dx, dp, dq, dg, dh0 = _chunk_bwd(x, dy, s, dh.to(torch.complex64), p.detach(), q.detach(), g.detach(), ctx.T)
-        return dx, dp.to(p.dtype), dq.to(q.dtype), dg.to(g.dtype), None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype), None
+        dx, dp, dq, dg, dh0 = _grads(dy, dh, *ctx.saved_tensors, ctx.T)
+        return dx, dp, dq, dg, None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype), None
+
+def _grads(dy, dh, x, p, q, g, s, T):
+    "The chunked backward with each gradient in its input's dtype (dh0 complex64)."
+    dx, dp, dq, dg, dh0 = _chunk_bwd(x, dy, s, dh.to(torch.complex64), p.detach(), q.detach(), g.detach(), T)
+    return dx, dp.to(p.dtype), dq.to(q.dtype), dg.to(g.dtype), dh0
+
+# %% ../../nbs/10_triton_cema.ipynb #da66979b
+@kernel_op("cema_chunk_fwd", "(Tensor x, Tensor p, Tensor q, Tensor g, Tensor? h0, int T, bool save) -> (Tensor, Tensor, Tensor)")
+def _cema_fwd_op(x, p, q, g, h0, T, save):
+    y, h, s = _chunk_fwd(x, p, q, g, h0, T, save)
+    return y, h, s if save else x.new_empty(0, dtype=torch.float32)
+
+@_cema_fwd_op.register_fake
+def _(x, p, q, g, h0, T, save):
+    (B, D, L), N = x.shape, p.shape[1]
+    s = x.new_empty((B, D, triton.cdiv(L, T), 2, N) if save else (0,), dtype=torch.float32)
+    return torch.empty_like(x), x.new_empty(B, D, N, dtype=torch.complex64), s
+
+@kernel_op("cema_chunk_bwd", "(Tensor dy, Tensor dh, Tensor x, Tensor p, Tensor q, Tensor g, Tensor s, int T) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+def _cema_bwd_op(dy, dh, x, p, q, g, s, T): return _grads(dy, dh, x, p, q, g, s, T)
+
+@_cema_bwd_op.register_fake
+def _(dy, dh, x, p, q, g, s, T):
+    return torch.empty_like(x), torch.empty_like(p), torch.empty_like(q), torch.empty_like(g), x.new_empty(*dh.shape, dtype=torch.complex64)
+
+def _cema_op_setup(ctx, inputs, output):
+    x, p, q, g, h0, T, _ = inputs
+    ctx.save_for_backward(x, p, q, g, output[2])
+    ctx.T, ctx.h0_dtype = T, None if h0 is None else h0.dtype
+
+def _cema_op_backward(ctx, dy, dh, _ds):
+    dx, dp, dq, dg, dh0 = _cema_bwd_op(dy, dh, *ctx.saved_tensors, ctx.T)
+    return dx, dp, dq, dg, None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype), None, None
+
+_cema_fwd_op.register_autograd(_cema_op_backward, setup_context=_cema_op_setup)
+
+@kernel_op("cema_step", "(Tensor x, Tensor p, Tensor q, Tensor g, Tensor? h0, int BD) -> (Tensor, Tensor)")
+def _cema_step_op(x, p, q, g, h0, BD): return cema_step_triton(x, p, q, g, h0, BD)
+
+@_cema_step_op.register_fake
+def _(x, p, q, g, h0, BD): return torch.empty_like(x), x.new_empty(x.shape[0], x.shape[1], p.shape[1], dtype=torch.complex64)
 
 # %% ../../nbs/10_triton_cema.ipynb #5aff162d
 def cema_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
@@ -448,4 +489,7 @@ def cema_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
     if L == 0:
         h = h0.to(torch.complex64) if h0 is not None else torch.zeros(B, D, N, dtype=torch.complex64, device=x.device)
         return x.new_zeros(B, D, 0), h
+    if torch.compiler.is_compiling():  # an opaque operator for the compiler (above)
+        y, h, _ = _cema_fwd_op(x.contiguous(), p, q, g, h0, T, _needs_grad(x, p, q, g, h0))
+        return y, h
     return CEMATriton.apply(x.contiguous(), p, q, g, h0, T)

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..core import out_buffer, triton_interpreting
+from ..core import kernel_op, out_buffer, triton_interpreting
 from ..timestep_norm import _tsn_inputs
 
 # %% auto #0
@@ -377,36 +377,86 @@ def _tsn_bwd_split(x, dy, keep, n, Mt, rt, scale, Mf, sA, sB, G: int, BT: int | 
     return dx, dw.sum((0, 1)), db.sum((0, 1)), At, Bt
 
 # %% ../../nbs/11_triton_timestep_norm.ipynb #02d45460
+def _tsn_forward(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain):
+    "The forward kernels: the outputs (y, count, mean, var) and what the backward keeps (prepared inputs, per-step mean and rstd, Mf)."
+    x, keep, scale, shift, n0, m0, v0 = _prep(x, weight, bias, count, mean, var, padding_mask)
+    fwd = _tsn_fwd_chain if chain else _tsn_fwd_split if split else _tsn_fwd_loop
+    y, Mt, rt, Mf, Vf, _ = fwd(x, keep, scale, shift, n0, m0, v0, G, eps, BT)
+    count_out = count.to(torch.int64) + keep.sum(1).to(torch.int64)
+    return (y, count_out, Mf.to(x.dtype), Vf.to(x.dtype)), (x, keep, scale, n0, m0, Mt, rt, Mf)
+
+def _tsn_backward(saved, dy, dMf, dVf, G, split, BT):
+    "The backward kernels and the incoming state's gradients: dx (x's dtype), dw, db [D], dm0, dv0 [B, G] (float32)."
+    x, keep, scale, n0, m0, Mt, rt, Mf = saved
+    dy = torch.zeros_like(x) if dy is None else dy.contiguous()
+    dMf = torch.zeros_like(Mf) if dMf is None else dMf.float()
+    dVf = torch.zeros_like(Mf) if dVf is None else dVf.float()
+    n = (n0[:, None] + keep.cumsum(1)).contiguous()                  # [B, L]
+    nf = n[:, -1:]
+    counted = nf > 0
+    # the returned state's share seeds the reverse sums (centred on rho = Mf)
+    sA = torch.where(counted, dMf / nf.clamp_min(1), 0.).contiguous()
+    sB = torch.where(counted, dVf / nf.clamp_min(1), 0.).contiguous()
+    dx, dw, db, At, Bt = (_tsn_bwd_split if split else _tsn_bwd_loop)(x, dy, keep, n, Mt, rt, scale, Mf, sA, sB, G, BT)
+    dm0 = n0[:, None] * (At + 2 * (m0 - Mf) * Bt) + torch.where(counted, 0., dMf)
+    dv0 = n0[:, None] * Bt + torch.where(counted, 0., dVf)
+    return dx, dw, db, dm0, dv0
+
 class _TimestepNormTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain):
-        x, keep, scale, shift, n0, m0, v0 = _prep(x, weight, bias, count, mean, var, padding_mask)
-        fwd = _tsn_fwd_chain if chain else _tsn_fwd_split if split else _tsn_fwd_loop
-        y, Mt, rt, Mf, Vf, _ = fwd(x, keep, scale, shift, n0, m0, v0, G, eps, BT)
-        ctx.save_for_backward(x, keep, scale, n0, m0, Mt, rt, Mf)
+        outs, saved = _tsn_forward(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain)
+        ctx.save_for_backward(*saved)
         ctx.cfg = (G, split, BT, weight.dtype, bias.dtype, mean.dtype, var.dtype)
-        count_out = count.to(torch.int64) + keep.sum(1).to(torch.int64)
-        ctx.mark_non_differentiable(count_out)
-        return y, count_out, Mf.to(x.dtype), Vf.to(x.dtype)
+        ctx.mark_non_differentiable(outs[1])
+        return outs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy, _dcount, dMf, dVf):
-        x, keep, scale, n0, m0, Mt, rt, Mf = ctx.saved_tensors
         G, split, BT, wdt, bdt, mdt, vdt = ctx.cfg
-        dy = torch.zeros_like(x) if dy is None else dy.contiguous()
-        dMf = torch.zeros_like(Mf) if dMf is None else dMf.float()
-        dVf = torch.zeros_like(Mf) if dVf is None else dVf.float()
-        n = (n0[:, None] + keep.cumsum(1)).contiguous()                  # [B, L]
-        nf = n[:, -1:]
-        counted = nf > 0
-        # the returned state's share seeds the reverse sums (centred on rho = Mf)
-        sA = torch.where(counted, dMf / nf.clamp_min(1), 0.).contiguous()
-        sB = torch.where(counted, dVf / nf.clamp_min(1), 0.).contiguous()
-        dx, dw, db, At, Bt = (_tsn_bwd_split if split else _tsn_bwd_loop)(x, dy, keep, n, Mt, rt, scale, Mf, sA, sB, G, BT)
-        dm0 = n0[:, None] * (At + 2 * (m0 - Mf) * Bt) + torch.where(counted, 0., dMf)
-        dv0 = n0[:, None] * Bt + torch.where(counted, 0., dVf)
+        dx, dw, db, dm0, dv0 = _tsn_backward(ctx.saved_tensors, dy, dMf, dVf, G, split, BT)
         return dx, dw.to(wdt), db.to(bdt), None, dm0.to(mdt), dv0.to(vdt), None, None, None, None, None, None
+
+# Inside torch.compile: the same two functions as custom operators (core: `kernel_op`). An operator's backward keeps only
+# its inputs and outputs, so the forward operator also returns the per-step mean and rstd and Mf, and the backward
+# operator prepares the inputs again (dtype casts of small tensors and a [B, L] mask).
+_TSN_ARGS = "Tensor x, Tensor weight, Tensor bias, Tensor count, Tensor mean, Tensor var"
+
+@kernel_op("tsn_fwd", f"({_TSN_ARGS}, int G, float eps, Tensor? padding_mask, bool split, int? BT, bool chain) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+def _tsn_fwd_op(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain):
+    outs, saved = _tsn_forward(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain)
+    return *outs, saved[5], saved[6], saved[7].clone()  # Mf cloned: for float32 x, outs[2] is Mf itself (outputs may not alias)
+
+@_tsn_fwd_op.register_fake
+def _(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain):
+    (B, L, _), f32 = x.shape, torch.float32
+    return (x.new_empty(x.shape), count.new_empty(B, dtype=torch.int64), x.new_empty(B, G), x.new_empty(B, G),
+            x.new_empty(B, L, G, dtype=f32), x.new_empty(B, L, G, dtype=f32), x.new_empty(B, G, dtype=f32))
+
+@kernel_op("tsn_bwd", f"(Tensor dy, Tensor dMf, Tensor dVf, {_TSN_ARGS}, Tensor? padding_mask, Tensor Mt, Tensor rt, Tensor Mf, int G, bool split, int? BT) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+def _tsn_bwd_op(dy, dMf, dVf, x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf, G, split, BT):
+    x, keep, scale, _, n0, m0, _ = _prep(x, weight, bias, count, mean, var, padding_mask)
+    return _tsn_backward((x, keep, scale, n0, m0, Mt, rt, Mf), dy, dMf, dVf, G, split, BT)
+
+@_tsn_bwd_op.register_fake
+def _(dy, dMf, dVf, x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf, G, split, BT):
+    f32 = torch.float32
+    return x.new_empty(x.shape), weight.new_empty(weight.shape, dtype=f32), weight.new_empty(weight.shape, dtype=f32), Mf.new_empty(Mf.shape), Mf.new_empty(Mf.shape)
+
+def _tsn_op_setup(ctx, inputs, output):
+    x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain = inputs
+    ctx.save_for_backward(x, weight, bias, count, mean, var, padding_mask, *output[4:])
+    ctx.cfg = (G, split, BT)
+
+def _tsn_op_backward(ctx, dy, _dcount, dMf, dVf, _dMt, _drt, _dMf):
+    x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf = ctx.saved_tensors
+    dy = torch.zeros_like(x) if dy is None else dy
+    dMf, dVf = (torch.zeros_like(Mf) if t is None else t for t in (dMf, dVf))
+    dx, dw, db, dm0, dv0 = _tsn_bwd_op(dy, dMf, dVf, x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf, *ctx.cfg)
+    return dx, dw.to(weight.dtype), db.to(bias.dtype), None, dm0.to(mean.dtype), dv0.to(var.dtype), None, None, None, None, None, None
+
+_tsn_fwd_op.register_autograd(_tsn_op_backward, setup_context=_tsn_op_setup)
 
 def _tsn_triton(x, weight, bias, count, mean, var, num_groups, eps=1e-5, padding_mask=None, split=None, BT=None, chain=False):
     "`timestep_norm_triton` with a choice of kernels (split over time, one program per group, None: split unless one tile; chain: the chained forward) and tile BT."
@@ -415,6 +465,7 @@ def _tsn_triton(x, weight, bias, count, mean, var, num_groups, eps=1e-5, padding
     if L == 0: return x.new_zeros(B, 0, D), count.to(torch.int64), mean.to(x.dtype), var.to(x.dtype)
     # a sequence that fits in one tile (decoding: L = 1) needs one launch, not three
     if split is None: split = _blocks(L, D // G, BT, split=True)[2] > 1
+    if torch.compiler.is_compiling(): return tuple(_tsn_fwd_op(x, weight, bias, count, mean, var, G, float(eps), padding_mask, split, BT, chain)[:4])
     return _TimestepNormTriton.apply(x, weight, bias, count, mean, var, G, float(eps), padding_mask, split, BT, chain)
 
 def timestep_norm_triton(x: Tensor, # [B, L, D] float32 or bfloat16
