@@ -290,6 +290,7 @@ def _parser() -> argparse.ArgumentParser:
                                     ("seed", int, 0, "seed for init and batch order"), ("max-minutes", float, None, "stop (and save) after this many minutes")):
         t.add_argument(f"--{name}", type=typ, default=default, help=f"{hlp} (default: {default})")
     t.add_argument("--autocast", default="auto", choices=("auto", "bf16", "none"), help="bfloat16 autocast (auto: on GPUs that support it)")
+    t.add_argument("--compile", action="store_true", help="compile the training step with torch.compile (faster steps after a compile of a minute or so)")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     t.add_argument("--resume", action="store_true", help="continue OUT/checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing OUT/checkpoint")
@@ -353,7 +354,8 @@ def _cmd_train(a) -> int:
     if a.chunk_parallel is not None: return _cmd_train_chunk_parallel(a, MegalodonConfig.from_preset(a.preset or "tiny", **over))
     config = None if (a.resume and a.preset is None and not over) else MegalodonConfig.from_preset(a.preset or "tiny", **over)
     tc = TrainConfig(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, grad_accum=a.grad_accum, lr=a.lr, warmup=a.warmup,
-                     eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, autocast=a.autocast, max_minutes=a.max_minutes)
+                     eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, autocast=a.autocast, max_minutes=a.max_minutes,
+                     compile=a.compile)
     corpus = read_corpus(a.corpus, a.max_bytes)
     print(f"corpus: {len(corpus):,} bytes from {corpus.files} file(s) of {corpus.source}")
     res = train(config, tc, corpus, out=a.out, resume=a.resume, overwrite=a.overwrite, device=a.device, progress=not a.no_progress)

@@ -46,6 +46,7 @@ class TrainConfig:
     seed: int = 0 # model init and batch order
     autocast: str = "auto" # "auto" (bfloat16 on a GPU that supports it), "bf16" or "none"
     max_minutes: float | None = None # stop (and save) after this much wall time
+    compile: bool = False # run the training forward and backward through `torch.compile` (one graph; value checks skipped; the first step pays the compile time)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches", "save_every"):
@@ -53,6 +54,7 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         if not self.lr > 0: raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.autocast not in ("auto", "bf16", "none"): raise ValueError(f"autocast must be 'auto', 'bf16' or 'none', got {self.autocast!r}")
+        if not isinstance(self.compile, bool): raise ValueError(f"compile must be True or False, got {self.compile!r}")
         self.betas = tuple(self.betas)
 
 def lr_at(step: int, # 0-based optimiser step
@@ -176,6 +178,7 @@ def train(model_config: MegalodonConfig | None, # None: take it from the checkpo
         seed_everything(tc.seed)
         model, opt_tensors, start = MegalodonForCausalLM(model_config).to(device), None, 0
     model.train()
+    step_model = torch.compile(model) if tc.compile else model  # shares the parameters; evaluation and checkpoints use `model`
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, eps=tc.eps, weight_decay=tc.weight_decay)
     if opt_tensors is not None: _restore_optimizer(model, opt, opt_tensors)
     val_batches = eval_windows(val_bytes, tc.batch_size, tc.seq_len, tc.eval_batches)
@@ -189,7 +192,7 @@ def train(model_config: MegalodonConfig | None, # None: take it from the checkpo
             loss_sum = 0.0
             for micro in range(tc.grad_accum):
                 x, y = batch_at(train_bytes, step * tc.grad_accum + micro, tc.batch_size, tc.seq_len, tc.seed)
-                with _autocast(tc.autocast, device): logits = model(x.to(device)).logits
+                with _autocast(tc.autocast, device): logits = step_model(x.to(device)).logits
                 loss = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten()) / tc.grad_accum
                 loss.backward(); loss_sum += loss.item()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)

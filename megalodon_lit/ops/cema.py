@@ -446,14 +446,15 @@ def _cema_fwd_op(x, p, q, g, h0, T, save):
 def _(x, p, q, g, h0, T, save):
     (B, D, L), N = x.shape, p.shape[1]
     s = x.new_empty((B, D, triton.cdiv(L, T), 2, N) if save else (0,), dtype=torch.float32)
-    return torch.empty_like(x), x.new_empty(B, D, N, dtype=torch.complex64), s
+    return x.new_empty(x.shape), x.new_empty(B, D, N, dtype=torch.complex64), s
 
 @kernel_op("cema_chunk_bwd", "(Tensor dy, Tensor dh, Tensor x, Tensor p, Tensor q, Tensor g, Tensor s, int T) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 def _cema_bwd_op(dy, dh, x, p, q, g, s, T): return _grads(dy, dh, x, p, q, g, s, T)
 
 @_cema_bwd_op.register_fake
 def _(dy, dh, x, p, q, g, s, T):
-    return torch.empty_like(x), torch.empty_like(p), torch.empty_like(q), torch.empty_like(g), x.new_empty(*dh.shape, dtype=torch.complex64)
+    # fresh contiguous tensors, as the kernels and the float64 finish return (a fake must match the real strides)
+    return x.new_empty(x.shape), p.new_empty(p.shape), q.new_empty(q.shape), g.new_empty(g.shape), x.new_empty(*dh.shape, dtype=torch.complex64)
 
 def _cema_op_setup(ctx, inputs, output):
     x, p, q, g, h0, T, _ = inputs
@@ -470,7 +471,7 @@ _cema_fwd_op.register_autograd(_cema_op_backward, setup_context=_cema_op_setup)
 def _cema_step_op(x, p, q, g, h0, BD): return cema_step_triton(x, p, q, g, h0, BD)
 
 @_cema_step_op.register_fake
-def _(x, p, q, g, h0, BD): return torch.empty_like(x), x.new_empty(x.shape[0], x.shape[1], p.shape[1], dtype=torch.complex64)
+def _(x, p, q, g, h0, BD): return x.new_empty(x.shape), x.new_empty(x.shape[0], x.shape[1], p.shape[1], dtype=torch.complex64)
 
 # %% ../../nbs/10_triton_cema.ipynb #5aff162d
 def cema_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
