@@ -178,15 +178,21 @@ def bench_train(model: nn.Module, # `MegalodonForCausalLM` or `LlamaBaseline` (m
                 batch_size: int = 1, # sequences per step
                 device: str | torch.device = "cpu", # where to run
                 peak_flops: float | None = None, # the MFU denominator (None: no MFU)
-               ) -> dict: # step_s, tokens_per_s, mfu, peak_bytes (or error="OOM")
+                compile: bool = False, # forward and backward through `torch.compile`
+               ) -> dict: # step_s, tokens_per_s, mfu, peak_bytes (or error="OOM"); first_step_s when compiled
     "Time one training step (forward, loss, backward, AdamW): tokens/s, MFU and peak memory."
     dev = torch.device(device)
     model = model.to(dev).train()
     ids = torch.randint(0, model.config.vocab_size if hasattr(model, "config") else model.vocab_size, (batch_size, seq_len), device=dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    step = _train_step(model, ids, opt, autocast=dev.type == "cuda" and torch.cuda.is_bf16_supported())
+    if compile: torch._dynamo.reset()  # a fresh compile per row: no cache or recompile limit carried from the row before
+    step = _train_step(torch.compile(model) if compile else model, ids, opt, autocast=dev.type == "cuda" and torch.cuda.is_bf16_supported())
     res = dict(seq_len=seq_len, batch_size=batch_size)
     try:
+        if compile:
+            t0 = time.perf_counter(); step()
+            if dev.type == "cuda": torch.cuda.synchronize(dev)
+            res["first_step_s"] = time.perf_counter() - t0
         t = time_call(step, dev)
         res.update(step_s=t, tokens_per_s=batch_size * seq_len / t, peak_bytes=peak_memory(step, dev))
     except torch.OutOfMemoryError:
@@ -324,6 +330,7 @@ def run_benchmarks(parts: tuple[str, ...] = ("train", "decode", "profile"), # wh
                    budget_s: float | None = None, # start no new measurement after this many seconds (None: no limit)
                    checkpoint: Callable[[dict], object] | None = None, # called with the results after every row (e.g. save them)
                    done: dict | None = None, # results stored earlier (`load_results`): rows measured there are not run again
+                   compile: bool = False, # training rows through `torch.compile` (stored as impl "…+compile"; decode and profile stay eager)
                   ) -> dict: # {"record", "size", "train": [...], "decode": [...], "profile": {...}}
     """Training, decoding and profile benchmarks of Megalodon (PyTorch paths and kernels) and the Transformer baseline.
     A measurement not started within `budget_s` is recorded as `skipped`, so a run cut short says what it left out;
@@ -354,13 +361,14 @@ def run_benchmarks(parts: tuple[str, ...] = ("train", "decode", "profile"), # wh
             for r in measure():
                 out[part].append({**key, **r}); log(f"{part} {what} {'L=' + str(r['seq_len']) if 'seq_len' in r else 'context ' + str(r['context'])}: {_fmt(r)}")
         if checkpoint: checkpoint(out)
+    tag = "+compile" if compile else ""
     for name, (preset, layers) in S["models"].items():
         for L in S["train_ctx"] if "train" in parts else []:
             for b in backends:
-                row("train", f"{name} megalodon/{b}", dict(model=name, impl=f"megalodon/{b}"), [dict(seq_len=L)],
-                    lambda: [bench_train(_megalodon(preset, layers, b), L, S["batch_size"], dev, out["matmul_flops"])])
-            row("train", f"{name} transformer", dict(model=name, impl="transformer"), [dict(seq_len=L)],
-                lambda: [bench_train(LlamaBaseline.matching(_config(preset, layers)), L, S["batch_size"], dev, out["matmul_flops"])])
+                row("train", f"{name} megalodon/{b}{tag}", dict(model=name, impl=f"megalodon/{b}{tag}"), [dict(seq_len=L)],
+                    lambda: [bench_train(_megalodon(preset, layers, b), L, S["batch_size"], dev, out["matmul_flops"], compile)])
+            row("train", f"{name} transformer{tag}", dict(model=name, impl=f"transformer{tag}"), [dict(seq_len=L)],
+                lambda: [bench_train(LlamaBaseline.matching(_config(preset, layers)), L, S["batch_size"], dev, out["matmul_flops"], compile)])
         if "decode" in parts:
             for impl, make in ((f"megalodon/{backends[-1]}", lambda: _megalodon(preset, layers, backends[-1])),
                                ("transformer", lambda: LlamaBaseline.matching(_config(preset, layers)))):

@@ -78,3 +78,15 @@ def test_inductor_training_step():
     torch._dynamo.reset()
     model = _model(BACKENDS[-1])
     _compare(model, "inductor", torch.randint(0, 256, (2, 37), device=DEV), TOL_INDUCTOR)
+
+
+def test_bench_train_compiled(monkeypatch):
+    "bench_train(compile=True) times the compiled step after a first (compiling) call; the sweep stores such rows as '+compile'."
+    from megalodon_lit import bench
+    real, calls = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: calls.append(m) or real(m, backend="aot_eager", fullgraph=True))
+    r = bench.bench_train(_model("torch"), 32, batch_size=2, device=DEV, compile=True)
+    assert len(calls) == 1 and r["first_step_s"] > 0 and r["step_s"] > 0 and r["tokens_per_s"] == 64 / r["step_s"]
+    res = bench.run_benchmarks(("train",), size="cpu", device=DEV, log=lambda s: None, budget_s=0, compile=True)
+    assert {row["impl"] for row in res["train"]} == {"megalodon/torch+compile", "transformer+compile"}
+    assert all("skipped" in row for row in res["train"])
