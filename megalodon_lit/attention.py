@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import resolve_backend, working_dtype
+from .core import op_label, resolve_backend, working_dtype
 
 # %% auto #0
 __all__ = ['NormalizedQK', 'rope_freqs', 'rope_angles', 'apply_rope', 'attention_mask', 'attention_ref', 'attention_chunked',
@@ -188,7 +188,7 @@ def attention(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
     path = resolve_backend(backend, q, k, v, available=("ref", "torch", "triton"))
     # The kernel implements DropKey only; with upstream's post-softmax dropout "auto" stays on the PyTorch path.
     if path == "triton" and backend == "auto" and dropout > 0 and not dropkey: path = "torch"
-    with torch.profiler.record_function("megalodon.attention"):
+    with op_label("megalodon.attention"):
         if path == "triton":
             from megalodon_lit.ops.attention import attention_triton  # imported on use: needs triton
             return attention_triton(q, k, v, chunk_size, attention_chunks, dropout, dropkey)

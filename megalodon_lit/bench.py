@@ -213,12 +213,14 @@ def bench_decode(model: nn.Module, # `MegalodonForCausalLM` or `LlamaBaseline`
                  contexts: list[int], # prompt lengths to measure at
                  device: str | torch.device = "cpu", # where to run
                  dtype: torch.dtype | None = None, # None: bfloat16 on CUDA, float32 on a CPU
+                 compile: bool = False, # prefill and decode through `torch.compile` (a first call per context compiles, untimed)
                 ) -> list[dict]: # one row per context: prefill tokens/s, decode s/token, cache bytes, peak memory
     "Prefill throughput and per-token decode time against the context length."
     dev = torch.device(device)
     dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     model = model.to(dev, dtype).eval()
     V = model.config.vocab_size if hasattr(model, "config") else model.vocab_size
+    if compile: torch._dynamo.reset(); model = torch.compile(model)
     rows = []
     with torch.no_grad():
         for n in contexts:
@@ -228,6 +230,7 @@ def bench_decode(model: nn.Module, # `MegalodonForCausalLM` or `LlamaBaseline`
                 prefill = lambda: model(ids, use_cache=True)
                 t_pre = time_call(prefill, dev, repeats=1)
                 cache, tok = prefill().cache, ids[:, -1:]
+                if compile: model(tok, cache=cache)  # compiles the step (prefill compiled in its first timed call: do_bench warms up)
                 row.update(prefill_tokens_per_s=n / t_pre, decode_s=time_call(lambda: model(tok, cache=cache), dev, repeats=5),
                            cache_bytes=_cache_bytes(cache), peak_bytes=peak_memory(prefill, dev))
                 del cache
@@ -330,7 +333,7 @@ def run_benchmarks(parts: tuple[str, ...] = ("train", "decode", "profile"), # wh
                    budget_s: float | None = None, # start no new measurement after this many seconds (None: no limit)
                    checkpoint: Callable[[dict], object] | None = None, # called with the results after every row (e.g. save them)
                    done: dict | None = None, # results stored earlier (`load_results`): rows measured there are not run again
-                   compile: bool = False, # training rows through `torch.compile` (stored as impl "…+compile"; decode and profile stay eager)
+                   compile: bool = False, # training and decode rows through `torch.compile` (stored as impl "…+compile"; the profile stays eager)
                   ) -> dict: # {"record", "size", "train": [...], "decode": [...], "profile": {...}}
     """Training, decoding and profile benchmarks of Megalodon (PyTorch paths and kernels) and the Transformer baseline.
     A measurement not started within `budget_s` is recorded as `skipped`, so a run cut short says what it left out;
@@ -374,7 +377,7 @@ def run_benchmarks(parts: tuple[str, ...] = ("train", "decode", "profile"), # wh
                                ("transformer", lambda: LlamaBaseline.matching(_config(preset, layers)))):
                 model = functools.cache(make)  # one model per implementation, built on first use, measured one context per row
                 for c in S["decode_ctx"]:
-                    row("decode", f"{name} {impl}", dict(model=name, impl=impl), [dict(context=c)], lambda: bench_decode(model(), [c], dev))
+                    row("decode", f"{name} {impl}{tag}", dict(model=name, impl=impl + tag), [dict(context=c)], lambda: bench_decode(model(), [c], dev, compile=compile))
         if "profile" in parts:
             for b in backends:
                 row("profile", f"{name} megalodon/{b} L={S['train_ctx'][0]}", dict(impl=f"{name} megalodon/{b}"), [{}],

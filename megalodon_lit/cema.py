@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import resolve_backend, check_shape, check_values, nonfinite
+from .core import resolve_backend, check_shape, check_values, nonfinite, op_label
 from .cema_params import cema_coeffs, cema_powers, cema_kernel, theta_ladder, CEMAParameters
 
 # The coefficient helpers of 01_cema are part of this module's public API too.
@@ -178,7 +178,7 @@ def cema(x: Tensor, # [B, D, L] real input
     "CEMA through the path `backend` selects (no ω term)."
     path = resolve_backend(backend, x, h0, available=("ref", "torch", "triton"))
     # The label lets a profiler attribute time to CEMA whichever path runs (see the benchmarks notebook).
-    with torch.profiler.record_function("megalodon.cema"):
+    with op_label("megalodon.cema"):
         # A few steps (a decode step is one) cost less as the recurrence than building the chunked scan's tables.
         if path == "ref" or (path == "torch" and x.shape[-1] <= SHORT_STEPS): return cema_recurrent(x, p, q, g, h0)
         if path == "triton":

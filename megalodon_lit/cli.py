@@ -319,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--budget", type=float, default=None, help="seconds: start no new train/decode/profile measurement after this; "
                                                               "the rest is recorded as skipped (default: no limit)")
     b.add_argument("--resume", action="store_true", help="with --out: measure only the train/decode/profile rows not stored there yet")
-    b.add_argument("--compile", action="store_true", help="train rows through torch.compile (stored as impl ...+compile beside the eager rows)")
+    b.add_argument("--compile", action="store_true", help="train and decode rows through torch.compile (stored as impl ...+compile beside the eager rows)")
     b.add_argument("--quick", action="store_true", help="small sizes for paths")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own choice; 1 is steadier on a busy machine)")
     i = sub.add_parser("info", help="configuration, parameter counts and cache size of a preset or checkpoint",

@@ -6,7 +6,7 @@ Docs: https://megalodon-lit.github.io/megalodon-lit/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #a6f0da5d
 from __future__ import annotations
-import math, os, random, statistics, time
+import contextlib, math, os, random, statistics, time
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -16,7 +16,7 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['BACKENDS', 'POISON', 'rel_err', 'assert_close', 'ErrorTable', 'nonfinite', 'check_values', 'working_dtype',
            'check_shape', 'triton_available', 'triton_interpreting', 'out_buffer', 'resolve_backend', 'default_device',
-           'seed_everything', 'kernel_op', 'median_time', 'set_plot_style']
+           'seed_everything', 'kernel_op', 'op_label', 'median_time', 'set_plot_style']
 
 # %% ../nbs/00_core.ipynb #ea5a020d
 def rel_err(actual: Tensor, # the tensor under test
@@ -148,6 +148,10 @@ def kernel_op(name: str, # operator name in the `megalodon_lit` namespace
     qual, i = name, 1
     while hasattr(torch.ops.megalodon_lit, qual): i, qual = i + 1, f"{name}_{i + 1}"
     return lambda fn: torch.library.custom_op(f"megalodon_lit::{qual}", fn, mutates_args=(), schema=schema)
+
+def op_label(name: str): # e.g. "megalodon.cema"
+    "A profiler label for an operation's time (`torch.profiler.record_function`); none inside `torch.compile`, which drops labels (with a warning)."
+    return contextlib.nullcontext() if torch.compiler.is_compiling() else torch.profiler.record_function(name)
 
 # %% ../nbs/00_core.ipynb #966a4c0b
 def median_time(fn: Callable[[], object], # the work to time, called with no arguments

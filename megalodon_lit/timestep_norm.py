@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .core import resolve_backend, check_shape, check_values, nonfinite, working_dtype
+from .core import resolve_backend, check_shape, check_values, nonfinite, op_label, working_dtype
 
 # %% auto #0
 __all__ = ['timestep_norm_ref', 'timestep_norm', 'TimestepNorm']
@@ -118,7 +118,7 @@ def timestep_norm(x: Tensor, # [B, L, D] input
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]: # y [B, L, D] (x dtype), count [B] int64, mean, var [B, G] (x dtype)
     "TimestepNorm, vectorised over time with centred cumulative moments (or the loop with backend='ref')."
     path = resolve_backend(backend, x, available=("ref", "torch", "triton"))
-    with torch.profiler.record_function("megalodon.timestep_norm"):
+    with op_label("megalodon.timestep_norm"):
         # one step (a decode step) costs fewer operations as the loop than as the vectorised form's cumulative sums
         if path == "ref" or (path == "torch" and x.shape[1] == 1):
             return timestep_norm_ref(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)

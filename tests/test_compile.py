@@ -90,3 +90,23 @@ def test_bench_train_compiled(monkeypatch):
     res = bench.run_benchmarks(("train",), size="cpu", device=DEV, log=lambda s: None, budget_s=0, compile=True)
     assert {row["impl"] for row in res["train"]} == {"megalodon/torch+compile", "transformer+compile"}
     assert all("skipped" in row for row in res["train"])
+
+
+def test_bench_decode_compiled_and_generate(monkeypatch):
+    "Compiled prefill and decode for Megalodon and the Transformer baseline; model.compile() serves generate()."
+    from megalodon_lit import bench
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real(m, backend="aot_eager"))
+    mega = _model("torch")
+    for model in (mega, bench.LlamaBaseline.matching(mega.config)):
+        (row,) = bench.bench_decode(model, [24], DEV, compile=True)
+        assert row["decode_s"] > 0 and row["prefill_tokens_per_s"] > 0, row
+    torch._dynamo.reset()
+    prompt = torch.randint(0, 256, (1, 9), device=DEV)
+    mega = _model("torch").eval()
+    eager = mega.generate(prompt, 6, temperature=0).new_tokens
+    mega.compile(backend="aot_eager")  # nn.Module.compile: the module's own calls, generate's included, run compiled
+    from torch._dynamo.utils import counters
+    counters.clear()
+    assert torch.equal(mega.generate(prompt, 6, temperature=0).new_tokens, eager)
+    assert counters["stats"]["unique_graphs"] >= 2  # the prompt and the step were compiled

@@ -13,7 +13,7 @@
 #         train decode profile   megalodon-lit bench --what PART --size gpu --resume, saved after every row, merged
 #                    into kernels/results/<gpu>/end_to_end.json; measurements not started in time are recorded as
 #                    skipped, and the next call with the same part measures only those (carry kernels/results along)
-#         compiled   the train rows again through torch.compile (impl "...+compile"), same budget and resume rules
+#         compiled   the train and decode rows again through torch.compile (impl "...+compile"), same budget and resume rules
 # Back on the development machine: tar xzf <files_at>/gpu_<parts>.tgz in the repository root, then nbdev-clean the
 # notebooks, look at `git diff`, commit notebooks and kernels/results together. Nothing here is needed on a GPU
 # machine with network access, where `make gpu` does the same in one go.
@@ -61,7 +61,7 @@ for part in "$@"; do
       # the bench parts still to run share the time left, less 120 s: one row (a 32K training step timed a few
       # times, or a 128K prefill) can take a minute after its start
       nb=0; for p in "${@:$i}"; do case $p in train|decode|profile|compiled) nb=$((nb + 1)) ;; esac; done
-      what=$part; flags=(); [ "$part" = compiled ] && { what=train; flags=(--compile); }
+      what=$part; flags=(); [ "$part" = compiled ] && { what=train,decode; flags=(--compile); }
       timeout -s INT -k 15 "$left" "${CLI[@]}" bench --what "$what" "${flags[@]}" --size "${GPU_BENCH_SIZE:-gpu}" --out kernels/results --resume \
         --budget $(((left - 120) / nb)) || status=1 ;;
     *) echo "unknown part $part"; status=1 ;;
