@@ -113,11 +113,15 @@ def _fwd_outputs(x: Tensor, G: int) -> tuple[Tensor, ...]:
     return (out_buffer(*x.shape, device=dev, dtype=x.dtype), out_buffer(B, L, G, device=dev), out_buffer(B, L, G, device=dev),
             out_buffer(B, G, device=dev), out_buffer(B, G, device=dev))
 
+def _tile_cap(Dg: int, split: bool) -> int:
+    "The longest time tile: about 2048 (split) or 4096 (one program per group) elements of BT x BD, 16 to 128 steps."
+    # the one-program kernels have few programs, so each keeps a bigger tile in flight
+    return min(max(16, (2048 if split else 4096) // triton.next_power_of_2(Dg)), 128)
+
 def _blocks(L: int, Dg: int, BT: int | None, split: bool) -> tuple[int, int, int, int]:
     "Tile of BT steps by BD channels, the number of time blocks NT, and warps (about 8 elements a thread)."
     BD = triton.next_power_of_2(Dg)
-    # the one-program kernels have few programs, so each keeps a bigger tile in flight
-    if BT is None: BT = min(max(16, (2048 if split else 4096) // BD), 128, max(16, triton.next_power_of_2(L)))
+    if BT is None: BT = min(_tile_cap(Dg, split), max(16, triton.next_power_of_2(L)))
     return BT, BD, triton.cdiv(L, BT), min(16, max(4, BT * BD // 256))
 
 def _tsn_fwd_loop(x, keep, scale, shift, n0, m0, v0, G: int, eps: float, BT: int | None = None):
@@ -463,8 +467,9 @@ def _tsn_triton(x, weight, bias, count, mean, var, num_groups, eps=1e-5, padding
     B, L, D, G, _ = _tsn_inputs(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
     if x.dtype not in (torch.float32, torch.bfloat16): raise TypeError(f"the Triton TimestepNorm takes float32 or bfloat16 x, got {x.dtype}")
     if L == 0: return x.new_zeros(B, 0, D), count.to(torch.int64), mean.to(x.dtype), var.to(x.dtype)
-    # a sequence that fits in one tile (decoding: L = 1) needs one launch, not three
-    if split is None: split = _blocks(L, D // G, BT, split=True)[2] > 1
+    # a sequence that fits in one tile (decoding: L = 1) needs one launch, not three. Decided by comparing L with the
+    # tile, not by rounding L (as _blocks does): under torch.compile with a symbolic L that rounding is a slow trace.
+    if split is None: split = L > (BT or _tile_cap(D // G, split=True))
     if torch.compiler.is_compiling(): return tuple(_tsn_fwd_op(x, weight, bias, count, mean, var, G, float(eps), padding_mask, split, BT, chain)[:4])
     return _TimestepNormTriton.apply(x, weight, bias, count, mean, var, G, float(eps), padding_mask, split, BT, chain)
 
