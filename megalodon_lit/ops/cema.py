@@ -64,10 +64,14 @@ def cema_step_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
                      block_d: int = 16, # channels per program, BD
                     ) -> tuple[Tensor, Tensor]: # y [B, D, L] in x's dtype, h [B, D, N] complex64
     "CEMA forward by the step kernel: the recurrence, one program per (batch row, block of channels); no gradients."
-    B, D, L, N, _, _ = _cema_inputs(x, p, q, g, h0)
+    _cema_inputs(x, p, q, g, h0)
     if x.dtype == torch.float64: raise TypeError("the Triton kernels compute in float32; use cema_recurrent or cema_chunked for float64")
-    x = x.contiguous()
-    if torch.compiler.is_compiling(): return _cema_step_op(x, p, q, g, h0, block_d)  # opaque to the compiler (section 5)
+    step = _cema_step_op if torch.compiler.is_compiling() else _step_launch  # the operator is opaque to the compiler (section 5)
+    return step(x.contiguous(), p, q, g, h0, block_d)
+
+def _step_launch(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None, block_d: int) -> tuple[Tensor, Tensor]:
+    "Launch the step kernel on contiguous, already checked inputs."
+    (B, D, L), N = x.shape, p.shape[1]
     y = out_buffer(*x.shape, device=x.device, dtype=x.dtype)
     h = out_buffer(B, D, N, 2, device=x.device)
     _cema_step_fwd_kernel[(B, triton.cdiv(D, block_d))](
@@ -468,7 +472,7 @@ def _cema_op_backward(ctx, dy, dh, _ds):
 _cema_fwd_op.register_autograd(_cema_op_backward, setup_context=_cema_op_setup)
 
 @kernel_op("cema_step", "(Tensor x, Tensor p, Tensor q, Tensor g, Tensor? h0, int BD) -> (Tensor, Tensor)")
-def _cema_step_op(x, p, q, g, h0, BD): return cema_step_triton(x, p, q, g, h0, BD)
+def _cema_step_op(x, p, q, g, h0, BD): return _step_launch(x, p, q, g, h0, BD)  # checks ran before (no device read per step)
 
 @_cema_step_op.register_fake
 def _(x, p, q, g, h0, BD): return x.new_empty(x.shape), x.new_empty(x.shape[0], x.shape[1], p.shape[1], dtype=torch.complex64)

@@ -438,7 +438,7 @@ def _(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain)
     return (x.new_empty(x.shape), count.new_empty(B, dtype=torch.int64), x.new_empty(B, G), x.new_empty(B, G),
             x.new_empty(B, L, G, dtype=f32), x.new_empty(B, L, G, dtype=f32), x.new_empty(B, G, dtype=f32))
 
-@kernel_op("tsn_bwd", f"(Tensor dy, Tensor dMf, Tensor dVf, {_TSN_ARGS}, Tensor? padding_mask, Tensor Mt, Tensor rt, Tensor Mf, int G, bool split, int? BT) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+@kernel_op("tsn_bwd", f"(Tensor? dy, Tensor? dMf, Tensor? dVf, {_TSN_ARGS}, Tensor? padding_mask, Tensor Mt, Tensor rt, Tensor Mf, int G, bool split, int? BT) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 def _tsn_bwd_op(dy, dMf, dVf, x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf, G, split, BT):
     x, keep, scale, _, n0, m0, _ = _prep(x, weight, bias, count, mean, var, padding_mask)
     return _tsn_backward((x, keep, scale, n0, m0, Mt, rt, Mf), dy, dMf, dVf, G, split, BT)
@@ -455,8 +455,6 @@ def _tsn_op_setup(ctx, inputs, output):
 
 def _tsn_op_backward(ctx, dy, _dcount, dMf, dVf, _dMt, _drt, _dMf):
     x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf = ctx.saved_tensors
-    dy = torch.zeros_like(x) if dy is None else dy
-    dMf, dVf = (torch.zeros_like(Mf) if t is None else t for t in (dMf, dVf))
     dx, dw, db, dm0, dv0 = _tsn_bwd_op(dy, dMf, dVf, x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf, *ctx.cfg)
     return dx, dw.to(weight.dtype), db.to(bias.dtype), None, dm0.to(mean.dtype), dv0.to(var.dtype), None, None, None, None, None, None
 
