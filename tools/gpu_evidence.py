@@ -1,0 +1,571 @@
+#!/usr/bin/env python3
+"""GPU evidence in one device call: every kernel checked on CUDA, the kernels timed, the end-to-end ratios measured.
+
+A lent GPU machine gives minutes, not hours, so this script is built around a time budget. Its parts run in
+priority order, each with a share of the budget (time a part leaves unused passes to the next):
+
+  1. parity     `verify_all` and every Triton path against its reference at the benchmark sizes, float32 and
+                bfloat16, outputs and gradients (the tolerances of the CPU tests; bfloat16 within twice PyTorch's
+                own bfloat16 error)
+  2. kernels    `do_bench` medians: CEMA forward/backward against the chunked PyTorch path and the FFT path and the
+                8 B/elem floor; TimestepNorm against its floor; attention at C = 2048, d = 128, W = 1, 2 against SDPA
+                on the chunk-reshaped input and the chunked PyTorch path
+  3. e2e        a training step at 4K and 16K (Triton kernels, PyTorch only, the same-size Transformer) and decode
+                per token at 1K / 16K / 128K with the cache's bytes
+  4. flex       FlexAttention on the attention benchmark's shape (its compilation costs tens of seconds)
+  5. compiled   the training rows again through torch.compile, while time remains
+
+Every row is written to $OUT/evidence.json the moment it is measured (a call cut short keeps what it measured), a
+row whose turn comes after its part's time is spent is recorded as skipped, and an exception is recorded with its
+message and never stops the parts after it. Autotuning is off (each kernel runs its fixed default tiles) so that
+no minute goes to trying tile shapes; the compiled kernels are packed into $OUT/triton_cache.tgz, which a second
+call can bring back (TRITON_CACHE_DIR) to skip compiling.
+
+    OUT=/tmp/ev python tools/gpu_evidence.py --budget 430          # on the GPU machine
+    GPU_SIM=1 OUT=/tmp/ev python tools/gpu_evidence.py --budget 300 # rehearsal on a CPU: interpreter, tiny sizes
+
+Back here: `python tools/gpu_evidence.py --unpack <folder with evidence.json>` files the results under
+kernels/results/<gpu>/ (the notebooks read them from there).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import traceback
+from pathlib import Path
+
+SIM = bool(os.environ.get("GPU_SIM"))
+if SIM: os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+else: os.environ.pop("TRITON_INTERPRET", None)
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from megalodon_lit import bench  # noqa: E402
+from megalodon_lit.core import median_time, rel_err  # noqa: E402
+
+DEV = torch.device("cpu" if SIM else "cuda")
+# The sizes of the parts: the benchmark sizes on a GPU, tiny ones for a rehearsal under the interpreter.
+S = dict(
+    cema_fwd=(8, 4096, 16, 4096), cema_bwd=(2, 1024, 16, 4096), cema_near1=(2, 512, 16, 4000), cema_T=64,
+    tsn=(2, 4096, 4096, 32), tsn_bench=(8, 4096, 4096, 32),
+    attn_cases=[(2, 4096, 8, 128, 128, 2048, 1), (2, 4096, 8, 128, 128, 1024, 2), (1, 4096, 4, 256, 2048, 2048, 1)],
+    attn_fp32=(1, 3000, 4, 64, 96, 1024, 2), attn_drop=(1, 1000, 2, 64, 64, 256, 2),
+    attn_bench=dict(C=2048, d=128, H=16, tokens=65536, L=(4096, 16384)),
+    decode_kernel=(32, 128, 2048), model="mega200M", train_ctx=(4096, 16384), decode_ctx=(1024, 16384, 131072),
+) if not SIM else dict(
+    cema_fwd=(2, 24, 4, 100), cema_bwd=(2, 8, 4, 70), cema_near1=(2, 5, 3, 45), cema_T=16,
+    tsn=(2, 40, 32, 4), tsn_bench=(2, 40, 32, 4),
+    attn_cases=[(1, 40, 2, 16, 16, 16, 1), (1, 40, 2, 16, 32, 16, 2)],
+    attn_fp32=(1, 30, 2, 16, 24, 16, 2), attn_drop=(1, 30, 2, 16, 16, 16, 2),
+    attn_bench=dict(C=16, d=16, H=2, tokens=64, L=(32,)),
+    decode_kernel=(2, 16, 40), model="nano", train_ctx=(64,), decode_ctx=(32, 96),
+)
+
+
+class Evidence:
+    "The results of this call, saved as JSON after every row; parts with deadlines; errors recorded, not raised."
+    def __init__(self, out: Path, budget: float):
+        self.out, self.t0, self.end = out, time.monotonic(), time.monotonic() + budget
+        self.path = out / "evidence.json"
+        self.data = dict(record=bench.device_record(DEV), budget_s=budget, sim=SIM, parts={}, parity=[], kernels=[],
+                         train=[], decode=[], errors=[])
+        self.part_end = self.end
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str)); tmp.replace(self.path)
+
+    def log(self, msg: str) -> None: print(f"[{time.monotonic() - self.t0:6.1f} s] {msg}", flush=True)
+
+    def left(self) -> float: return min(self.part_end, self.end) - time.monotonic()
+
+    @contextlib.contextmanager
+    def part(self, name: str, share: float):
+        "Run a part until `share` seconds from now (or the budget's end), recording its time and any exception."
+        self.part_end = min(self.end, time.monotonic() + share)
+        self.log(f"=== {name} (share {share:.0f} s, {self.end - time.monotonic():.0f} s left in the budget)")
+        t = time.monotonic()
+        try: yield
+        except Exception as e: self.error(name, e)
+        finally:
+            self.data["parts"][name] = dict(seconds=time.monotonic() - t, share=share)
+            self.save(); self.part_end = self.end
+
+    def error(self, where: str, e: BaseException) -> None:
+        self.data["errors"].append(dict(where=where, error=f"{type(e).__name__}: {e}"[:500], trace=traceback.format_exc()[-2000:]))
+        self.log(f"ERROR in {where}: {type(e).__name__}: {str(e)[:300]}"); self.save()
+        if DEV.type == "cuda": torch.cuda.empty_cache()
+
+    def add(self, section: str, row: dict) -> None:
+        self.data[section].append(row); self.save()
+
+    def step(self, section: str, name: str, fn, **key) -> None:
+        "One measurement: skipped when its part's time is spent; rows (dict or list of dicts) saved; errors recorded."
+        if self.left() <= 0:
+            self.add(section, dict(name=name, **key, skipped="the part's time was spent")); self.log(f"{name}: skipped"); return
+        t = time.monotonic()
+        try: rows = fn()
+        except Exception as e:
+            self.add(section, dict(name=name, **key, error=f"{type(e).__name__}: {e}"[:500])); self.error(name, e); return
+        for r in rows if isinstance(rows, list) else [rows]:
+            self.add(section, dict(name=name, **key, **r, wall_s=round(time.monotonic() - t, 2)))
+            self.log(f"{name}: " + ", ".join(f"{k}={_short(v)}" for k, v in r.items()))
+
+
+def _short(v): return f"{v:.3g}" if isinstance(v, float) else v
+
+
+def bench_ms(fn, rep: int = 60, grad_to_none=None) -> float:
+    "Median milliseconds of fn(): do_bench on CUDA (events), one wall-clock call under the interpreter."
+    if SIM: return median_time(fn, repeats=1, warmup=0) * 1e3
+    from triton.testing import do_bench
+    return do_bench(fn, warmup=10, rep=rep, grad_to_none=grad_to_none, return_mode="median")
+
+
+def events_ms(fn, n: int = 3) -> float:
+    "Median milliseconds of n calls after one warm-up, each between CUDA events (for calls of a second or more)."
+    if SIM: return median_time(fn, repeats=1, warmup=0) * 1e3
+    fn(); ts = []
+    for _ in range(n):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b))
+    return sorted(ts)[len(ts) // 2]
+
+
+def wide(t: torch.Tensor) -> torch.Tensor: return t.to(torch.complex128 if t.is_complex() else torch.float64)
+
+
+def leaves(ts, dtype=None):
+    "Fresh leaf copies requiring gradients (real tensors cast to dtype when given)."
+    return [(t.to(dtype) if dtype is not None and not t.is_complex() else t).detach().clone().requires_grad_() for t in ts]
+
+
+def grads_of(outs, ins, cot):
+    "Gradients of sum(out * cotangent) (complex outputs as real pairs) with respect to ins."
+    loss = 0
+    for o, c in zip(outs, cot):
+        o = torch.view_as_real(o) if o.is_complex() else o
+        loss = loss + (o.double() * c.double()).sum()
+    return torch.autograd.grad(loss, ins, allow_unused=True)
+
+
+def cotangents(outs):
+    return [torch.randn((torch.view_as_real(o) if o.is_complex() else o).shape, device=o.device) for o in outs]
+
+
+# ---------------------------------------------------------------------------------------------------------- parity
+def parity_rows(prefix: str, outs, refs, names, tol, bars=None) -> list[dict]:
+    rows = []
+    for i, (n, a, r) in enumerate(zip(names, outs, refs)):
+        if a is None and r is None: continue
+        e, bar = rel_err(a, r), (bars[i] if bars is not None else tol)
+        rows.append(dict(compared=f"{prefix} {n}", err=e, tol=bar, ok=bool(e <= bar)))
+    return rows
+
+
+def cema_case(B, D, N, L, near1=False, seed=0):
+    from megalodon_lit.cema import CEMAParameters
+    torch.manual_seed(seed)
+    m = CEMAParameters(D, N)
+    if near1:
+        with torch.no_grad(): m.alpha.fill_(-6.0); m.delta.fill_(-6.0)
+    p, q, g = (t.detach().to(DEV) for t in m.coeffs())
+    return [torch.randn(B, D, L, device=DEV), p, q, g, torch.randn(B, D, N, dtype=torch.complex64, device=DEV)]
+
+
+def cema_parity(B, D, N, L, grads: bool, near1=False, dtype=torch.float32) -> list[dict]:
+    "cema_triton against float64 cema_chunked on the same device: y, h and (grads) dx, dp, dq, dg, dh0."
+    from megalodon_lit.cema import cema_chunked
+    from megalodon_lit.ops.cema import cema_triton
+    T = S["cema_T"]
+    ins = cema_case(B, D, N, L, near1)
+    ins[0] = ins[0].to(dtype)
+    a_in, r_in = leaves(ins), [wide(t).detach().requires_grad_() for t in ins]
+    outs, refs = cema_triton(*a_in, chunk_size=T), cema_chunked(*r_in, chunk_size=T)
+    names, bars = ["y", "h"], None
+    if dtype == torch.bfloat16:  # judged against twice PyTorch's own bfloat16 error (the chunked path fed the same bfloat16 x)
+        t_in = leaves(ins)
+        mine = cema_chunked(*t_in, chunk_size=T)
+        bars = [2 * rel_err(mine[0], refs[0]), max(2 * rel_err(mine[1], refs[1]), 1e-5)]
+    if grads:
+        cot = cotangents(refs)
+        ga, gr = grads_of(outs, a_in, cot), grads_of(refs, r_in, cot)
+        outs, refs, names = [*outs, *ga], [*refs, *gr], names + ["dx", "dp", "dq", "dg", "dh0"]
+        if bars is not None:
+            gt = grads_of(mine, t_in, cot)
+            bars += [max(2 * rel_err(a, r), 1e-5) for a, r in zip(gt, gr)]
+    label = f"cema {str(dtype)[6:]} B={B} D={D} L={L}{' |q|~1' if near1 else ''}"
+    return parity_rows(label, outs, refs, names, 1e-5, bars)
+
+
+def cema_step_parity() -> list[dict]:
+    "The decode step kernel (a few steps, no gradient) against the float64 recurrence."
+    from megalodon_lit.cema import cema_recurrent
+    from megalodon_lit.ops.cema import cema_step_triton
+    x, p, q, g, h0 = cema_case(4, 1024 if not SIM else 8, 16 if not SIM else 4, 3)
+    y, h = cema_step_triton(x, p, q, g, h0)
+    yr, hr = cema_recurrent(*(wide(t) for t in (x, p, q, g, h0)))
+    return parity_rows("cema step kernel (3 steps)", [y, h], [yr, hr], ["y", "h"], 1e-5)
+
+
+def tsn_case(B, L, D, G, seed=0):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g, device=DEV)
+    x = rnd(B, L, D) * 1.5 + 0.7
+    count = torch.arange(B, device=DEV) * 7
+    mask = torch.zeros(B, L, dtype=torch.bool, device=DEV); mask[0, L // 3: L // 2] = True; mask[-1, -max(L // 8, 1):] = True
+    return x, rnd(D) * 0.3, rnd(D) * 0.3, count, rnd(B, G) * 0.5, rnd(B, G).exp(), mask
+
+
+def tsn_parity() -> list[dict]:
+    "The three forms of the TimestepNorm kernel against the float64 vectorised form; bfloat16 against twice PyTorch's error."
+    from megalodon_lit.timestep_norm import _tsn_torch
+    from megalodon_lit.ops.timestep_norm import _tsn_triton
+    B, L, D, G = S["tsn"]
+    x, w, b, count, mean, var, mask = tsn_case(B, L, D, G, seed=1)
+    cot = None
+    def run(fn, dtype):
+        nonlocal cot
+        ls = [t.to(dtype).clone().requires_grad_() for t in (x, w, b, mean, var)]
+        y, _, M, V = fn(ls[0], ls[1], ls[2], count, ls[3], ls[4], G, 1e-5, mask)
+        if cot is None: cot = cotangents([y, M, V])
+        return [y, M, V, *grads_of([y, M, V], ls, cot)]
+    names = ["y", "mean", "var", "dx", "dweight", "dbias", "dmean0", "dvar0"]
+    ref = run(_tsn_torch, torch.float64)
+    rows = []
+    for form, kw in (("split", dict(split=True)), ("one program", dict(split=False)), ("chained", dict(chain=True))):
+        rows += parity_rows(f"timestep_norm float32 {form} B={B} L={L} D={D}", run(lambda *a: _tsn_triton(*a, **kw), torch.float32), ref, names, 1e-5)
+    ref32 = run(_tsn_torch, torch.float32)
+    tri16, tor16 = run(lambda *a: _tsn_triton(*a, split=True), torch.bfloat16), run(_tsn_torch, torch.bfloat16)
+    rows += parity_rows(f"timestep_norm bfloat16 split B={B} L={L} D={D}", tri16, ref32, names, None,
+                        [2 * rel_err(t, r) for t, r in zip(tor16, ref32)])
+    return rows
+
+
+def qkv(B, L, H, dz, dv, dtype, seed=0):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    q, k = (torch.randn(B, L, H, dz, device=DEV, generator=g) / dz ** 0.25 for _ in range(2))
+    return [t.to(dtype) for t in (q, k, torch.randn(B, L, H, dv, device=DEV, generator=g))]
+
+
+def attn_grads(fn, q, k, v, g):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    o = fn(q, k, v)
+    return [o.detach(), *torch.autograd.grad(o, (q, k, v), g.to(o.dtype))]
+
+
+def attention_parity(B, L, H, dz, dv, C, W, dtype) -> list[dict]:
+    "attention_triton against float64 attention_chunked, outputs and gradients; bfloat16 within twice SDPA's bfloat16 error."
+    from megalodon_lit.attention import attention_chunked
+    from megalodon_lit.ops.attention import attention_triton
+    q, k, v = qkv(B, L, H, dz, dv, dtype)
+    g = torch.randn(B, L, H, dv, device=DEV)
+    ref = attn_grads(lambda *t: attention_chunked(*t, C, W), *(wide(t) for t in (q, k, v)), g.double())
+    ours = attn_grads(lambda *t: attention_triton(*t, C, W), q, k, v, g)
+    bars = None
+    if dtype == torch.bfloat16:
+        torch_own = attn_grads(lambda *t: attention_chunked(*t, C, W), q, k, v, g)
+        bars = [2 * rel_err(s, r) for s, r in zip(torch_own, ref)]
+    return parity_rows(f"attention {str(dtype)[6:]} B={B} L={L} H={H} dz={dz} dv={dv} C={C} W={W}", ours, ref,
+                       ["out", "dq", "dk", "dv"], 1e-5, bars)
+
+
+def dropkey_parity() -> list[dict]:
+    "In-kernel DropKey: the same seed gives the same output, and it equals the float64 reference under the kernel's mask."
+    from megalodon_lit.attention import _softmax_attend
+    from megalodon_lit.ops.attention import attention_triton, dropkey_mask
+    B, L, H, dz, dv, C, W = S["attn_drop"]
+    q, k, v = qkv(B, L, H, dz, dv, torch.float32)
+    o1, o2 = (attention_triton(q, k, v, C, W, 0.3, True, seed=77) for _ in range(2))
+    keep = dropkey_mask(B, H, L, C, W, 0.3, 77, device=DEV)
+    ref = _softmax_attend(*(wide(t).transpose(1, 2) for t in (q, k, v)), keep, 0.0, False).transpose(1, 2)
+    return [dict(compared="attention DropKey p=0.3 same seed, same output", err=float((o1 - o2).abs().max()), tol=0.0,
+                 ok=bool(torch.equal(o1, o2))), *parity_rows(f"attention DropKey p=0.3 L={L} C={C} W={W}", [o1], [ref], ["out"], 1e-5)]
+
+
+def decode_kernel_parity() -> list[dict]:
+    "The decode attention (one new query against the cached window) against the chunked reference's last row."
+    from megalodon_lit.attention import attention_chunked
+    from megalodon_lit.ops.attention import attention_decode_triton
+    H, d, n = S["decode_kernel"]
+    rows = []
+    for W in (1, 2):
+        q, k, v = qkv(1, n, H, d, d, torch.float32, seed=W)
+        C = max(16, n // 2)
+        ref = attention_chunked(*(wide(t) for t in (q, k, v)), C, W)[:, -1:]
+        keep = (W * C) if n > W * C else n  # the cache holds at most the W chunks a new token can see
+        lo = max(0, ((n - 1) // C - W + 1) * C)
+        out = attention_decode_triton(q[:, -1:], k[:, lo:], v[:, lo:], n - 1, C, W)
+        rows += parity_rows(f"attention decode kernel float32 H={H} d={d} keys={n - lo} C={C} W={W}", [out], [ref], ["out"], 1e-5)
+        del keep
+    return rows
+
+
+def model_parity() -> list[dict]:
+    "A small model on CUDA: backend 'auto' (the kernels) against 'torch', logits and every gradient; streamed == one call."
+    from megalodon_lit.model import MegalodonConfig, MegalodonForCausalLM
+    torch.manual_seed(0)
+    cfg = MegalodonConfig.from_preset("tiny", attention_chunks=2, chunk_size=64 if not SIM else 16)
+    m_t = MegalodonForCausalLM(cfg.__class__(**{**cfg.to_dict(), "backend": "torch"})).to(DEV)
+    m_a = MegalodonForCausalLM(cfg.__class__(**{**cfg.to_dict(), "backend": "auto"})).to(DEV)
+    m_a.load_state_dict(m_t.state_dict())
+    L = 300 if not SIM else 40
+    ids = torch.randint(0, cfg.vocab_size, (2, L), device=DEV)
+    rows = []
+    outs = []
+    for m in (m_a, m_t):
+        o = m(ids, labels=ids)
+        o.loss.backward()
+        outs.append((o.logits.detach(), torch.cat([p.grad.flatten() for p in m.parameters()])))
+    rows += parity_rows("model tiny W=2 float32 auto vs torch", list(outs[0]), list(outs[1]), ["logits", "all gradients"], 1e-5)
+    with torch.no_grad():
+        full, pieces, cache, i = m_a(ids).logits, [], None, 0
+        for n in (1, L // 8, 5, 1, 1, L - L // 8 - 8):  # uneven pieces, single tokens among them
+            o = m_a(ids[:, i:i + n], cache=cache, use_cache=True); pieces.append(o.logits); cache = o.cache; i += n
+    rows += parity_rows("model tiny auto streamed in 6 uneven pieces vs one call", [torch.cat(pieces, 1)], [full], ["logits"], 1e-5)
+    return rows
+
+
+def part_parity(ev: Evidence) -> None:
+    from megalodon_lit.cli import verify_all
+    def verify():
+        tab = verify_all()
+        return [dict(compared=n, err=e, tol=t, ok=bool(e <= t)) for n, e, t in tab.rows]
+    ev.step("parity", "verify_all", verify)
+    B, D, N, L = S["cema_bwd"]
+    ev.step("parity", "cema fwd+bwd float32", lambda: cema_parity(B, D, N, L, True))
+    ev.step("parity", "cema fwd+bwd float32 |q|~1", lambda: cema_parity(*S["cema_near1"], True, near1=True))
+    ev.step("parity", "cema fwd+bwd bfloat16", lambda: cema_parity(B, D, N, L, True, dtype=torch.bfloat16))
+    ev.step("parity", "cema step kernel", cema_step_parity)
+    ev.step("parity", "timestep_norm", tsn_parity)
+    for c in S["attn_cases"]: ev.step("parity", f"attention bf16 {c}", lambda c=c: attention_parity(*c, torch.bfloat16))
+    ev.step("parity", "attention fp32", lambda: attention_parity(*S["attn_fp32"], torch.float32))
+    ev.step("parity", "attention DropKey", dropkey_parity)
+    ev.step("parity", "attention decode kernel", decode_kernel_parity)
+    ev.step("parity", "model", model_parity)
+    ev.step("parity", "cema fwd float32 (benchmark size)", lambda: cema_parity(*S["cema_fwd"], False))
+
+
+# --------------------------------------------------------------------------------------------------------- kernels
+def machine_limits() -> dict:
+    n = 2 ** 28 if not SIM else 2 ** 16
+    x = torch.empty(n, device=DEV); y = torch.empty_like(x)
+    copy = 2 * x.nbytes / bench_ms(lambda: y.copy_(x)) / 1e6
+    m = 8192 if not SIM else 128
+    a = torch.randn(m, m, device=DEV, dtype=torch.bfloat16 if not SIM else torch.float32); b = torch.randn_like(a)
+    return dict(copy_GBps=copy, bf16_matmul_TFLOPs=2 * m ** 3 / bench_ms(lambda: a @ b) / 1e9)
+
+
+def cema_speed(name: str, fn, B, D, N, L, dtype, bwd: bool) -> dict:
+    "Forward (no grad) and forward + backward medians of one CEMA path, with effective GB/s against the floor bytes."
+    x, p, q, g, h0 = cema_case(B, D, N, L)
+    x = x.to(dtype)
+    e, elem = x.element_size(), x.numel()
+    with torch.no_grad(): f = bench_ms(lambda: fn(x, p, q, g, h0))
+    r = dict(path=name, dtype=str(dtype)[6:], B=B, D=D, N=N, L=L, fwd_ms=f, fwd_GBps=2 * e * elem / f / 1e6)
+    if bwd:
+        ls = leaves([x, p, q, g])
+        dy = torch.randn_like(x)
+        fb = bench_ms(lambda: torch.autograd.backward(fn(*ls, h0)[0], dy), grad_to_none=ls)
+        # forward + backward floor: read x, write y; read x, dy, write dx (12 B/elem in float32 for the backward)
+        r.update(fwd_bwd_ms=fb, bwd_ms=fb - f, bwd_GBps=3 * e * elem / (fb - f) / 1e6)
+    return r
+
+
+def tsn_speed(name: str, fn, dtype) -> dict:
+    B, L, D, G = S["tsn_bench"]
+    x, w, b, count, mean, var, _ = tsn_case(B, L, D, G)
+    ls = [t.to(dtype).detach().requires_grad_() for t in (x, w, b, mean, var)]
+    call = lambda: fn(ls[0], ls[1], ls[2], count, ls[3], ls[4], G, 1e-5, None)
+    e, n = ls[0].element_size(), ls[0].numel()
+    with torch.no_grad(): f = bench_ms(call)
+    dy = torch.randn_like(ls[0])
+    fb = bench_ms(lambda: torch.autograd.grad(call()[0], ls, dy))
+    return dict(path=name, dtype=str(dtype)[6:], B=B, L=L, D=D, G=G, fwd_ms=f, fwd_GBps=2 * e * n / f / 1e6,
+                bwd_ms=fb - f, bwd_GBps=3 * e * n / (fb - f) / 1e6)
+
+
+def attn_speed(name: str, fn, xs, flops: float) -> dict:
+    xs = [t.detach().requires_grad_() for t in xs]
+    f = bench_ms(lambda: fn(*xs))
+    g = torch.randn_like(fn(*xs))
+    fb = bench_ms(lambda: torch.autograd.grad(fn(*xs), xs, g))
+    return dict(path=name, fwd_ms=f, bwd_ms=fb - f, fwd_TFLOPs=flops / f / 1e9, bwd_TFLOPs=2.5 * flops / (fb - f) / 1e9)
+
+
+def part_kernels(ev: Evidence) -> None:
+    from megalodon_lit.cema import cema_chunked, cema_fft
+    from megalodon_lit.ops.cema import cema_triton
+    from megalodon_lit.timestep_norm import _tsn_torch
+    from megalodon_lit.ops.timestep_norm import _tsn_triton
+    from megalodon_lit.attention import attention_chunked
+    from megalodon_lit.ops.attention import attention_triton
+    ev.step("kernels", "machine limits", machine_limits, kernel="limits")
+    B, D, N, L = S["cema_fwd"]
+    T = S["cema_T"]
+    for name, fn in (("triton", lambda *a: cema_triton(*a, chunk_size=T)), ("chunked", lambda *a: cema_chunked(*a, chunk_size=T)), ("fft", cema_fft)):
+        ev.step("kernels", f"cema {name} float32", lambda name=name, fn=fn: cema_speed(name, fn, B, D, N, L, torch.float32, True), kernel="cema")
+    ev.step("kernels", "cema triton bfloat16", lambda: cema_speed("triton", lambda *a: cema_triton(*a, chunk_size=T), B, D, N, L, torch.bfloat16, True), kernel="cema")
+    for name, fn in (("triton split", lambda *a: _tsn_triton(*a, split=True)), ("triton one program per (b, g)", lambda *a: _tsn_triton(*a, split=False)),
+                     ("torch vectorised", _tsn_torch)):
+        ev.step("kernels", f"timestep_norm {name} float32", lambda name=name, fn=fn: tsn_speed(name, fn, torch.float32), kernel="timestep_norm")
+    ev.step("kernels", "timestep_norm triton split bfloat16", lambda: tsn_speed("triton split", lambda *a: _tsn_triton(*a, split=True), torch.bfloat16), kernel="timestep_norm")
+    A = S["attn_bench"]
+    C, d, H = A["C"], A["d"], A["H"]
+    for L in A["L"]:
+        Bt = A["tokens"] // L
+        q, k, v = qkv(Bt, L, H, d, d, torch.bfloat16 if not SIM else torch.float32)
+        flops = lambda W: Bt * H * L * (W - 0.5) * C * 2 * (d + d)  # visible keys per query ≈ (W − 1/2)·C
+        key = dict(kernel="attention", L=L, B=Bt, H=H, d=d, C=C)
+        for W in (1, 2):
+            ev.step("kernels", f"attention triton W={W} L={L}", lambda W=W: attn_speed(f"triton W={W}", lambda *t: attention_triton(*t, C, W), (q, k, v), flops(W)), W=W, **key)
+        qc, kc, vc = (t.reshape(Bt * L // C, C, H, d).transpose(1, 2).contiguous() for t in (q, k, v))
+        ev.step("kernels", f"attention SDPA chunk-reshaped W=1 L={L}",
+                lambda: attn_speed("SDPA chunk-reshaped W=1", lambda *t: F.scaled_dot_product_attention(*t, is_causal=True, scale=1.0), (qc, kc, vc), flops(1)), W=1, **key)
+        ev.step("kernels", f"attention torch chunked W=2 L={L}", lambda: attn_speed("torch chunked W=2", lambda *t: attention_chunked(*t, C, 2), (q, k, v), flops(2)), W=2, **key)
+        del qc, kc, vc
+
+
+# ------------------------------------------------------------------------------------------------------ end to end
+def train_row(model, L: int, compile: bool = False) -> dict:
+    "One training step (forward, loss, backward, AdamW; bf16 autocast on CUDA): median time and tokens/s."
+    model = model.to(DEV).train()
+    V = model.config.vocab_size if hasattr(model, "config") else model.vocab_size
+    ids = torch.randint(0, V, (1, L), device=DEV)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    run = torch.compile(model) if compile else model
+    def step():
+        with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=not SIM):
+            loss = run(ids, labels=ids).loss
+        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+    t0 = time.monotonic(); step()
+    if not SIM: torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    first = time.monotonic() - t0
+    ms = events_ms(step, n=3)
+    r = dict(seq_len=L, step_ms=ms, tokens_per_s=L / ms * 1e3, first_step_s=first)
+    if not SIM: r["peak_GiB"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    del opt
+    model.zero_grad(set_to_none=True)
+    if not SIM: torch.cuda.empty_cache()
+    return r
+
+
+def decode_rows(model, contexts, dtype) -> list[dict]:
+    "Prefill once per context (timed), then the per-token decode step (do_bench), with the cache's bytes."
+    model = model.to(DEV, dtype).eval()
+    V = model.config.vocab_size if hasattr(model, "config") else model.vocab_size
+    rows = []
+    with torch.no_grad():
+        for n in contexts:
+            ids = torch.randint(0, V, (1, n), device=DEV)
+            t0 = time.monotonic(); cache = model(ids, use_cache=True).cache
+            if not SIM: torch.cuda.synchronize()
+            pre = time.monotonic() - t0
+            tok = ids[:, -1:]
+            step_ms = bench_ms(lambda: model(tok, cache=cache), rep=100)
+            rows.append(dict(context=n, decode_ms=step_ms, prefill_s_incl_first_call=pre, cache_bytes=bench._cache_bytes(cache)))
+            del cache
+            if not SIM: torch.cuda.empty_cache()
+    return rows
+
+
+def part_e2e(ev: Evidence, compiled_only: bool = False) -> None:
+    from megalodon_lit.bench import LlamaBaseline, _config, _megalodon
+    name = S["model"]
+    tag = "+compile" if compiled_only else ""
+    makers = {"megalodon/auto": lambda: _megalodon(name, None, "auto"), "megalodon/torch": lambda: _megalodon(name, None, "torch"),
+              "transformer": lambda: LlamaBaseline.matching(_config(name, None))}
+    built = {}
+    def model(impl):  # one model per implementation (built once: a 200M-parameter init costs seconds), fresh when compiling
+        if compiled_only: return makers[impl]()
+        if impl not in built: torch.manual_seed(0); built[impl] = makers[impl]()
+        return built[impl]
+    for L in S["train_ctx"]:
+        for impl in makers:
+            if compiled_only and impl == "megalodon/torch": continue
+            ev.step("train", f"train {name} {impl}{tag} L={L}", lambda impl=impl, L=L: train_row(model(impl), L, compiled_only), model=name, impl=impl + tag)
+    if compiled_only: return
+    dt = torch.bfloat16 if not SIM else torch.float32
+    for impl in ("megalodon/auto", "transformer"):
+        for n in S["decode_ctx"]:
+            ev.step("decode", f"decode {name} {impl} context {n}", lambda impl=impl, n=n: decode_rows(model(impl), [n], dt), model=name, impl=impl, dtype=str(dt)[6:])
+
+
+def part_flex(ev: Evidence) -> None:
+    "FlexAttention (compiled) on the attention benchmark's longest shape, W = 1 and 2: after the end-to-end rows, since compiling it costs tens of seconds."
+    if SIM: return
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    A = S["attn_bench"]
+    C, d, H, L = A["C"], A["d"], A["H"], A["L"][-1]
+    Bt = A["tokens"] // L
+    q, k, v = (t.transpose(1, 2).contiguous() for t in qkv(Bt, L, H, d, d, torch.bfloat16))
+    flex = torch.compile(flex_attention)
+    def row(W):
+        def rule(b, h, qi, kj): return (kj <= qi) & (kj // C >= qi // C - W + 1)
+        bm = create_block_mask(rule, None, None, L, L, device=str(DEV))
+        return attn_speed(f"FlexAttention W={W}", lambda *t: flex(*t, block_mask=bm, scale=1.0), (q, k, v), Bt * H * L * (W - 0.5) * C * 2 * (d + d))
+    for W in (1, 2): ev.step("kernels", f"attention FlexAttention W={W} L={L}", lambda W=W: row(W), kernel="attention", L=L, B=Bt, H=H, d=d, C=C, W=W)
+
+
+# ------------------------------------------------------------------------------------------------------------- main
+def pack_cache(out: Path) -> None:
+    cache = Path(os.environ.get("TRITON_CACHE_DIR", Path.home() / ".triton" / "cache"))
+    if cache.is_dir():
+        with tarfile.open(out / "triton_cache.tgz", "w:gz") as tar: tar.add(cache, arcname="triton_cache")
+
+
+def unpack(folder: Path) -> None:
+    "File a call's evidence.json under kernels/results/<gpu slug>/ (the notebooks and README read it there)."
+    data = json.loads((folder / "evidence.json").read_text())
+    dest = ROOT / "kernels" / "results" / bench.device_slug(data["record"]["device"])
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / "evidence.json"
+    if target.exists():  # a second call adds its rows; a measured row replaces a skipped or failed one of the same name
+        old = json.loads(target.read_text())
+        for sec in ("parity", "kernels", "train", "decode"):
+            new_names = {r["name"] for r in data[sec] if "skipped" not in r and "error" not in r}
+            data[sec] = [r for r in old.get(sec, []) if r["name"] not in new_names] + [r for r in data[sec] if r["name"] in new_names or r["name"] not in {o["name"] for o in old.get(sec, [])}]
+        data.setdefault("calls", old.get("calls", [old["record"]])).append(data["record"])
+    target.write_text(json.dumps(data, indent=1))
+    print(f"wrote {target}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--budget", type=float, default=430, help="seconds for all parts (start no measurement after)")
+    ap.add_argument("--parts", default="parity,kernels,e2e,flex,compiled", help="comma-separated, run in this order")
+    ap.add_argument("--shares", default="160,100,130,0,0", help="seconds each part may use at most (0: whatever is left)")
+    ap.add_argument("--unpack", type=Path, help="file the evidence.json in this folder under kernels/results/ and exit")
+    a = ap.parse_args(argv)
+    if a.unpack: unpack(a.unpack); return 0
+    out = Path(os.environ.get("OUT", ROOT / "build" / "gpu_evidence")); out.mkdir(parents=True, exist_ok=True)
+    if not SIM and not torch.cuda.is_available(): sys.exit("no CUDA device (GPU_SIM=1 rehearses on the CPU)")
+    from megalodon_lit.ops import attention as ops_attention
+    ops_attention.AUTOTUNE = False  # the fixed default tiles: no minutes spent trying tile shapes
+    ev = Evidence(out, a.budget)
+    ev.log(f"{ev.data['record']}")
+    parts = dict(parity=part_parity, kernels=part_kernels, e2e=part_e2e, flex=part_flex, compiled=lambda ev: part_e2e(ev, compiled_only=True))
+    for name, share in zip(a.parts.split(","), [float(s) for s in a.shares.split(",")]):
+        with ev.part(name, share or max(ev.end - time.monotonic(), 0)): parts[name](ev)
+    bad = [r for r in ev.data["parity"] if r.get("ok") is False]
+    ev.log(f"parity: {sum(r.get('ok') is True for r in ev.data['parity'])} rows within tolerance, {len(bad)} over, "
+           f"{len(ev.data['errors'])} errors")
+    for r in bad: ev.log(f"  OVER: {r['compared']}: {r['err']:.3e} > {r['tol']:.1e}")
+    if not SIM: pack_cache(out)
+    return 1 if bad or ev.data["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
