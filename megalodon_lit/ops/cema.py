@@ -256,9 +256,7 @@ def _cema_chunk_bwd_dx_kernel(dy_ptr, dh_ptr, dx_ptr, dh0_ptr, e_ptr, k_ptr, w1_
     b_Zi = tl.zeros([BN], dtype=tl.float32)
     n_tiles = tl.cdiv(NC, BC)
     for i_t in range(n_tiles):
-        # rows in reverse chunk order: a forward scan over the rows runs backwards in time. (tl.associative_scan's
-        # reverse=True gave wrong E on an H200, Triton 3.6, though the interpreter agrees with it: Triton issue 4362)
-        o_c = (n_tiles - 1 - i_t) * BC + (BC - 1 - o_j)
+        o_c = (n_tiles - 1 - i_t) * BC + o_j
         o_pos = o_c[:, None].to(tl.int64) * T + o_t[None, :]
         m_pos = o_pos < L
         b_dy = tl.load(p_dy + o_pos, mask=m_pos, other=0.).to(tl.float32)
@@ -267,11 +265,11 @@ def _cema_chunk_bwd_dx_kernel(dy_ptr, dh_ptr, dx_ptr, dh0_ptr, e_ptr, k_ptr, w1_
         b_vr, b_vi = _cmul(b_gr[None, :], -b_gi[None, :], tl.dot(b_dyn, b_W1r, input_precision=PREC), tl.dot(b_dyn, b_W1i, input_precision=PREC))
         m_last = (o_c == NC - 1)[:, None]
         m_before = (o_c == NC - 2)[:, None]
-        m_end = (o_j == 0)[:, None]                                                  # the tile's latest chunk
+        m_end = (o_j == BC - 1)[:, None]
         b_vr += tl.where(m_last, b_dhr[None, :], 0.) + tl.where(m_before, b_cr[None, :], 0.) + tl.where(m_end, b_Zr[None, :], 0.)
         b_vi += tl.where(m_last, b_dhi[None, :], 0.) + tl.where(m_before, b_ci[None, :], 0.) + tl.where(m_end, b_Zi[None, :], 0.)
-        _, _, b_Er, b_Ei = tl.associative_scan((b_ar, b_ai, b_vr, b_vi), 0, _affine_combine)
-        m_first = (o_j == BC - 1)[:, None]                                           # the tile's earliest chunk
+        _, _, b_Er, b_Ei = tl.associative_scan((b_ar, b_ai, b_vr, b_vi), 0, _affine_combine, reverse=True)
+        m_first = (o_j == 0)[:, None]
         b_Zr, b_Zi = _cmul(b_cqTr, b_cqTi, _row(b_Er, m_first), _row(b_Ei, m_first))
         # the last chunk's E terms come from its window (b_el here, the parameter kernel there): its E is stored as zero
         m_full = (o_c < NC - 1)[:, None]
