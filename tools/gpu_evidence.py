@@ -606,19 +606,30 @@ def pack_cache(out: Path) -> None:
 
 
 def unpack(folder: Path) -> None:
-    "File a call's evidence.json under kernels/results/<gpu slug>/ (the notebooks and README read it there)."
+    """File a call's evidence.json under kernels/results/<gpu slug>/evidence.json (the notebooks and README read it there).
+    Several calls merge: each row is tagged with its call's start time, a measured row replaces the rows of the same
+    step from earlier calls (so a step re-run after a fix shows the fixed result), and every call's errors are kept."""
     data = json.loads((folder / "evidence.json").read_text())
+    when = data["record"]["when"]
+    for sec in SECTIONS:
+        for r in data[sec]: r.setdefault("call", when)
+    for e in data["errors"]: e.setdefault("call", when)
     dest = ROOT / "kernels" / "results" / bench.device_slug(data["record"]["device"])
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / "evidence.json"
-    if target.exists():  # a second call adds its rows; a measured row replaces a skipped or failed one of the same name
+    calls = [dict(record=data["record"], parts=data["parts"], restarts=data["restarts"])]
+    if target.exists():
         old = json.loads(target.read_text())
-        for sec in ("parity", "kernels", "train", "decode"):
-            new_names = {r["name"] for r in data[sec] if "skipped" not in r and "error" not in r}
-            data[sec] = [r for r in old.get(sec, []) if r["name"] not in new_names] + [r for r in data[sec] if r["name"] in new_names or r["name"] not in {o["name"] for o in old.get(sec, [])}]
-        data.setdefault("calls", old.get("calls", [old["record"]])).append(data["record"])
+        for sec in SECTIONS:
+            measured = {r["name"] for r in data[sec] if "skipped" not in r and "error" not in r}
+            old_names = {r["name"] for r in old[sec]}
+            data[sec] = [r for r in old[sec] if r["name"] not in measured] + [r for r in data[sec] if r["name"] in measured or r["name"] not in old_names]
+        data["errors"] = old["errors"] + data["errors"]
+        calls = old["calls"] + calls
+    data["calls"] = calls
+    for k in ("parts", "restarts", "end_time", "budget_s"): data.pop(k, None)
     target.write_text(json.dumps(data, indent=1))
-    print(f"wrote {target}")
+    print(f"wrote {target}: " + ", ".join(f"{len(data[sec])} {sec} rows" for sec in SECTIONS) + f", {len(data['errors'])} errors, {len(calls)} calls")
 
 
 def main(argv=None) -> int:
