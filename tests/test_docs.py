@@ -65,7 +65,8 @@ def test_every_notebook_is_a_page(site):
         assert (site / f"{name}.html").exists(), f"{nb.name} has no page {name}.html"
 
 
-@pytest.mark.parametrize("name,needle", [("deviations", "RoPE"), ("deviations", "megalodon-hf"), ("changelog", "Unreleased")])
+@pytest.mark.parametrize("name,needle", [("deviations", "RoPE"), ("deviations", "megalodon-hf"), ("changelog", "Unreleased"),
+                                         ("reference", "cff8ba5"), ("reference", "ema_parameters"), ("performance", "GPU targets")])
 def test_hand_written_pages(site, name, needle):
     html = page(site, name)
     assert needle in html
