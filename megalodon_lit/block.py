@@ -226,7 +226,7 @@ class MegalodonBlock(nn.Module):
 def mega_layer_ref(layer: MegalodonLayer, # its parameters are read, its forward is not used
                    x: Tensor, # [B, L, D], the start of a sequence
                   ) -> Tensor: # x + h [B, L, D]
-    "The layer by its definition (upstream-spec §3.2), with the reference form of every op."
+    "The layer by its definition (docs/pages/reference.md, section 'Forward order'), with the reference form of every op."
     B, L, D = x.shape
     H, dz, dv, tn = layer.H, layer.Z // layer.H, layer.E // layer.H, layer.timenorm
     wdt = working_dtype(x)

@@ -116,7 +116,7 @@ def timestep_norm(x: Tensor, # [B, L, D] input
                   padding_mask: Tensor | None = None, # [B, L] bool, True = padded step
                   backend: str = "auto", # "ref" (the loop), "torch" (vectorised), "triton" (kernels, nb 11) or "auto"
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]: # y [B, L, D] (x dtype), count [B] int64, mean, var [B, G] (x dtype)
-    "TimestepNorm, vectorised over time with centred cumulative moments (or the loop with backend='ref')."
+    "TimestepNorm, vectorised over time with centred cumulative moments ('torch'), or the loop ('ref'), or the kernels of notebook 11 ('triton')."
     path = resolve_backend(backend, x, available=("ref", "torch", "triton"))
     with op_label("megalodon.timestep_norm"):
         # one step (a decode step) costs fewer operations as the loop than as the vectorised form's cumulative sums
@@ -135,7 +135,7 @@ class TimestepNorm(nn.Module):
                  num_groups: int | None, # G, divides D; None means one channel per group
                  prior_count: int = 0, # weight of the prior, in steps
                  eps: float = 1e-5, # added to the variance before the square root
-                 backend: str = "auto", # "ref", "torch" or "auto"
+                 backend: str = "auto", # "ref", "torch", "triton" or "auto", as in `timestep_norm`
                 ):
         super().__init__()
         if num_groups is None or num_groups == num_features:

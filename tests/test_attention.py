@@ -36,7 +36,7 @@ def test_chunked_matches_ref(B, H, dz, dv, C, L, W, dtype):
         return
     # float32 gradients of a softmax can cancel (dq, dk are differences of nearly equal terms for some upstream
     # gradients; seen up to 1e-4 between two correct float32 paths). Judge the fast path against the float64
-    # truth: no worse than twice the float32 reference's own error, or 1e-5 (house-style rule 5).
+    # truth: no worse than twice the float32 reference's own error, or 1e-5 (float32 paths are held to about 1e-5 relative).
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
     truth = torch.autograd.grad(attention_ref(q64, k64, v64, C, W), (q64, k64, v64), g.double())
     for x, y, t in zip(gb, ga, truth): assert rel_err(x, t) <= max(TOL[dtype], 2 * rel_err(y, t))

@@ -65,7 +65,8 @@ def test_every_notebook_is_a_page(site):
         assert (site / f"{name}.html").exists(), f"{nb.name} has no page {name}.html"
 
 
-@pytest.mark.parametrize("name,needle", [("deviations", "RoPE"), ("deviations", "megalodon-hf"), ("changelog", "Unreleased")])
+@pytest.mark.parametrize("name,needle", [("deviations", "RoPE"), ("deviations", "megalodon-hf"), ("changelog", "Unreleased"),
+                                         ("reference", "cff8ba5"), ("reference", "ema_parameters"), ("performance", "GPU targets")])
 def test_hand_written_pages(site, name, needle):
     html = page(site, name)
     assert needle in html
@@ -137,3 +138,113 @@ def test_title_cell_text_is_kept(site):
                 assert phrase in page(site, name), f"{name}.html lost the title cell's text ({phrase!r})"
                 checked += 1
     assert checked >= 5
+
+
+# --- Citations a reader can follow ------------------------------------------------------------------------------
+# The project's design notes live outside the repository: a reader of the site, of a clone or of the installed
+# package cannot open them, so nothing may cite them (docs/pages/reference.md and docs/pages/performance.md hold
+# what readers need of them). The names are assembled so that this file does not cite them itself.
+_NOTES = ["upstream" + "-spec", "house" + "-style"]  # distinctive enough to count with or without ".md"
+_NOTES_MD = ["performance", "architecture", "toolchain"]  # common words: only as file names
+_OUTSIDE_NOTES = re.compile(r"(?<![\w./-])((?:[\w.-]+/)*)((?:%s)(?:\.md)?|(?:%s)\.md)\b" % ("|".join(_NOTES), "|".join(_NOTES_MD)))
+_OUTSIDE_PATH = re.compile(r"(?:\.\./)+" + "shared" + r"\b|\b" + "shared" + r"/design\b")
+_MD_LINK = re.compile(r"\]\(([^)\s]+)\)")
+# A section number with no work named before it was how the design notes were cited; a section sign must follow the name
+# of what it cites (the paper, a publication), or sit in a table with a "paper" column.
+_SECTION = re.compile("\u00a7")
+_CITED_WORK = re.compile(r"paper|Ma et al|Megalodon(?![-_])|Dao et al|FlashAttention|arXiv", re.I)  # not megalodon-lit, -hf
+_TEXT_SUFFIXES = {".ipynb", ".py", ".md", ".sh", ".txt", ".toml", ".yml", ".yaml", ".cfg", ".rst"}
+
+
+def _sources():
+    """The hand-written text of the project: notebooks, the package, the docs sources (not the generated
+    docs/_nbs/ and docs/_build/), tests, tools and the README."""
+    skip = {"_build", "_nbs", "_proc", ".ipynb_checkpoints", "__pycache__"}
+    for top in ("nbs", "megalodon_lit", "docs", "tests", "tools"):
+        for f in sorted((ROOT / top).rglob("*")):
+            if f.is_file() and f.suffix in _TEXT_SUFFIXES and not skip & set(f.relative_to(ROOT).parts):
+                yield f
+    yield ROOT / "README.md"
+
+
+def _texts(f):
+    """(text, is_markdown) pieces of a file: a notebook's cells (sources and outputs) one by one."""
+    if f.suffix != ".ipynb":
+        yield f.read_text(encoding="utf-8"), f.suffix == ".md"
+        return
+    import json
+    for c in json.loads(f.read_text(encoding="utf-8"))["cells"]:
+        src = c.get("source", "")
+        yield ("".join(src) if isinstance(src, list) else src), c["cell_type"] == "markdown"
+        for o in c.get("outputs", []):
+            for v in [o.get("text", "")] + list(o.get("data", {}).values()):
+                yield ("".join(v) if isinstance(v, list) else str(v)), False
+
+
+def _unfollowable(f, text, is_markdown):
+    """What in `text` (from file `f`) a reader cannot follow: in markdown, a relative link to a file that is
+    not there or not in the repository; anywhere, a design note of the project or a path into the shared
+    folder beside the repository. A link that resolves to a file of the repository is fine, whatever its name."""
+    bad = []
+    def link(m):
+        target = m[1].split("#")[0]
+        if not target or re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*:", m[1]):  # in-page anchor, URL, mailto:
+            return m[0]
+        path = (f.parent / target).resolve()
+        if not is_markdown:
+            return "](resolved)" if path.exists() and ROOT.resolve() in path.parents else m[0]
+        if ROOT.resolve() not in path.parents:
+            bad.append(f"link out of the repository: {m[1]}")
+        elif path.exists():
+            return "](resolved)"
+        else:
+            bad.append(f"broken link: {m[1]}")
+        return m[0]
+    text = _MD_LINK.sub(link, text)
+    for m in _OUTSIDE_NOTES.finditer(text):
+        if m[1] and any((base / (m[1] + m[2])).resolve().is_file() for base in (ROOT, f.parent)):
+            continue  # a path to a page of the repository that happens to carry such a name
+        bad.append(f"cites a design note outside the repository: {text[max(0, m.start() - 60):m.end() + 20]!r}")
+    for m in _SECTION.finditer(text):
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        before = text[max(0, m.start() - 120):m.start()]
+        if text.startswith("|", line_start):  # a table row: its header may name the source
+            lines = text[:line_start].split("\n")[:-1]
+            while lines and lines[-1].startswith("|"):
+                before = lines.pop() + before
+        if not _CITED_WORK.search(before):
+            bad.append(f"section sign without the work it cites: {text[max(0, m.start() - 60):m.end() + 20]!r}")
+    for m in _OUTSIDE_PATH.finditer(text):
+        bad.append(f"path outside the repository: {text[max(0, m.start() - 60):m.end() + 40]!r}")
+    return bad
+
+
+def test_citations_resolve_inside_the_repository():
+    """Every citation leads somewhere a reader has: no file outside the repository is named (the project's
+    design notes, the shared folder beside the repository), and every relative markdown link points at a file
+    of the repository."""
+    problems = [f"{f.relative_to(ROOT)}: {p}" for f in _sources() for text, md in _texts(f) for p in _unfollowable(f, text, md)]
+    assert not problems, f"{len(problems)} citations a reader cannot follow:\n" + "\n".join(problems)
+
+
+def test_citation_check_catches_what_it_should():
+    """The checker itself: each kind of unfollowable citation is found, and a link that resolves is not."""
+    nb, page = ROOT / "nbs" / "x.ipynb", ROOT / "docs" / "pages" / "x.md"
+    note, shared = _NOTES[0], "shared"
+    assert _unfollowable(nb, f"as the code does (`{note}.md` \u00a70)", True)
+    assert _unfollowable(nb, f"the layer by its definition ({note} \u00a73.2)", False)
+    assert _unfollowable(nb, "the final norm is a TimestepNorm (\u00a78.15)", True)
+    assert not _unfollowable(nb, "Ma et al. (2024, \u00a73.2) describe it; > Megalodon, \u00a73.3 (in our words)", True)
+    assert not _unfollowable(page, "| component | paper |\n|---|---|\n| CEMA | \u00a73.1 |", True)
+    for name in _NOTES[1:] + _NOTES_MD:
+        assert _unfollowable(page, f"targets of `{name}.md`", False), name
+    assert _unfollowable(nb, f"see [the notes](../../{shared}/design/notes.md)", True)
+    assert _unfollowable(nb, f"read ../{shared}/design/notes first", False)
+    assert _unfollowable(nb, "see [the notes](../../outside.md)", True)
+    assert _unfollowable(nb, "see [the page](../docs/pages/no-such-page.md#x)", True)
+    assert not _unfollowable(nb, "see [deviations](../docs/pages/deviations.md#rope) and [CEMA](01_cema.ipynb)", True)
+    assert not _unfollowable(page, "[CEMA](../../nbs/01_cema.ipynb), [paper](https://arxiv.org/abs/2404.08801), [top](#top)", True)
+    assert not _unfollowable(nb, "a fast performance and a clean architecture", True)
+    assert not _unfollowable(nb, "(see [limits](../docs/pages/deviations.md#x))", False)
+    assert not _unfollowable(nb, "see docs/pages/changelog.md", False)
+    assert _unfollowable(nb, f"see docs/nowhere/{_NOTES_MD[0]}.md or docs/{_NOTES[1]}.md", False)

@@ -165,7 +165,7 @@ def test_safetensors_round_trip(tmp_path):
 
 
 def spec_keys(c: MegalodonConfig) -> dict:
-    "Upstream's keys and shapes, written out from upstream-spec §1.1, §2.1, §3.1, §4.1, §4.4 (independent of our modules)."
+    "Upstream's keys and shapes, written out from docs/pages/reference.md, section 'State-dict names' (independent of our modules)."
     D, Z, E, F_, N, G, V = c.model_dim, c.z_dim, c.value_dim, c.ffn_hidden_dim, c.cema_ndim, c.norm_num_groups, c.vocab_size
     norm = lambda p: {f"{p}.weight": (D,), f"{p}.bias": (D,), f"{p}.prior_count": (), f"{p}.prior_mean": (G,), f"{p}.prior_logv": (G,)}
     keys = {"embed.weight": (V, D), "rope.freqs": (c.z_dim // c.num_heads // 2,), "output.output.weight": (V, D)}
@@ -197,7 +197,7 @@ def test_upstream_key_space_round_trip(opts):
     back = to_upstream_state_dict(model)
     assert set(back) == set(sd)
     for k in sd: assert back[k].shape == sd[k].shape and back[k].dtype == sd[k].dtype and torch.equal(back[k], sd[k]), k
-    # the loaded values are where the spec says: e.g. the q/k affine and the CEMA angles
+    # the loaded values are where the reference code keeps them: e.g. the q/k affine and the CEMA angles
     assert torch.equal(model.layers[1].mega.qk.gamma, sd["layers.1.mega.gamma"])
     assert torch.equal(model.layers[0].mega.cema.theta, sd["layers.0.mega.cema.theta"])
     # upstream's freqs formula, written independently: 1 / base^(2i/dz)
@@ -322,7 +322,7 @@ def test_generate_restores_training_mode():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_bfloat16_forward_statistically_close(seed):
-    "bf16 against float32 logits: judged statistically, as upstream-spec §9 advises, never element-wise."
+    "bf16 against float32 logits: judged statistically, never element-wise (docs/pages/reference.md, section 'Checking parity')."
     seed_everything(seed)
     model = perturbed(MegalodonForCausalLM(MegalodonConfig.from_preset("tiny")))
     ids = torch.randint(0, 256, (2, 150))
