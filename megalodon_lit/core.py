@@ -16,7 +16,7 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['BACKENDS', 'POISON', 'rel_err', 'assert_close', 'ErrorTable', 'nonfinite', 'check_values', 'working_dtype',
            'check_shape', 'triton_available', 'triton_interpreting', 'out_buffer', 'resolve_backend', 'default_device',
-           'seed_everything', 'kernel_op', 'op_label', 'median_time', 'set_plot_style']
+           'seed_everything', 'kernel_op', 'op_label', 'median_time', 'gpu_evidence', 'evidence_rows', 'set_plot_style']
 
 # %% ../nbs/00_core.ipynb #ea5a020d
 def rel_err(actual: Tensor, # the tensor under test
@@ -166,6 +166,20 @@ def median_time(fn: Callable[[], object], # the work to time, called with no arg
         sync(); t0 = time.perf_counter(); fn(); sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+# %% ../nbs/00_core.ipynb #f64c4e09
+def gpu_evidence(root: str | os.PathLike = "../kernels/results", # the results folder (notebooks run in nbs/)
+                ) -> list[dict]: # one dict per GPU with recorded results, each with its "slug" (folder name)
+    "The GPU results committed under root/<gpu>/evidence.json (empty when none is recorded)."
+    import json, pathlib
+    return [{**json.loads(f.read_text()), "slug": f.parent.name} for f in sorted(pathlib.Path(root).glob("*/evidence.json"))]
+
+def evidence_rows(ev: dict, # one entry of `gpu_evidence`
+                  section: str, # "parity", "kernels", "train" or "decode"
+                  prefix: str = "", # keep the rows whose step name starts with this
+                 ) -> list[dict]: # the measured rows (failed and skipped steps left out)
+    "The measured rows of one section of a GPU evidence file."
+    return [r for r in ev.get(section, []) if r["name"].startswith(prefix) and "error" not in r and "skipped" not in r]
 
 # %% ../nbs/00_core.ipynb #726f78d4
 def set_plot_style() -> None:

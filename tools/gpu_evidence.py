@@ -396,6 +396,7 @@ def part_verify(ev: Evidence) -> None:
     def verify():
         tab = verify_all()
         return [dict(compared=n, err=e, tol=t, ok=bool(e <= t)) for n, e, t in tab.rows]
+    ev.step("kernels", "machine limits", machine_limits, kernel="limits")  # the copy bandwidth and matmul rate every fraction refers to
     ev.step("parity", "verify_all", verify)
     ev.step("parity", "triton scan probe", scan_probe)
 
@@ -474,7 +475,6 @@ def attn_speed(name: str, fn, xs, flops: float) -> dict:
 def part_kernels_cema(ev: Evidence) -> None:
     from megalodon_lit.cema import cema_chunked, cema_fft
     from megalodon_lit.ops.cema import cema_triton
-    ev.step("kernels", "machine limits", machine_limits, kernel="limits")
     B, D, N, L = S["cema_fwd"]
     T = S["cema_T"]
     for name, fn in (("triton", lambda *a: cema_triton(*a, chunk_size=T)), ("chunked", lambda *a: cema_chunked(*a, chunk_size=T)), ("fft", cema_fft)):
@@ -499,7 +499,7 @@ def part_kernels_attention(ev: Evidence) -> None:
     for L in A["L"]:
         Bt = A["tokens"] // L
         q, k, v = qkv(Bt, L, H, d, d, torch.bfloat16 if not SIM else torch.float32)
-        flops = lambda W: Bt * H * L * (W - 0.5) * C * 2 * (d + d)  # visible keys per query ≈ (W − 1/2)·C
+        flops = lambda W: Bt * H * L * bench.visible_keys(L, C, W) * 2 * (d + d)  # QK^T and PV products over the visible keys
         key = dict(kernel="attention", L=L, B=Bt, H=H, d=d, C=C)
         for W in (1, 2):
             ev.step("kernels", f"attention triton W={W} L={L}", lambda W=W: attn_speed(f"triton W={W}", lambda *t: attention_triton(*t, C, W), (q, k, v), flops(W)), W=W, **key)
@@ -594,7 +594,7 @@ def part_flex(ev: Evidence) -> None:
     def row(W):
         def rule(b, h, qi, kj): return (kj <= qi) & (kj // C >= qi // C - W + 1)
         bm = create_block_mask(rule, None, None, L, L, device=str(DEV))
-        return attn_speed(f"FlexAttention W={W}", lambda *t: flex(*t, block_mask=bm, scale=1.0), (q, k, v), Bt * H * L * (W - 0.5) * C * 2 * (d + d))
+        return attn_speed(f"FlexAttention W={W}", lambda *t: flex(*t, block_mask=bm, scale=1.0), (q, k, v), Bt * H * L * bench.visible_keys(L, C, W) * 2 * (d + d))
     for W in (1, 2): ev.step("kernels", f"attention FlexAttention W={W} L={L}", lambda W=W: row(W), kernel="attention", L=L, B=Bt, H=H, d=d, C=C, W=W)
 
 
