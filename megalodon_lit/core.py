@@ -16,7 +16,8 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['BACKENDS', 'POISON', 'rel_err', 'assert_close', 'ErrorTable', 'nonfinite', 'check_values', 'working_dtype',
            'check_shape', 'triton_available', 'triton_interpreting', 'out_buffer', 'resolve_backend', 'default_device',
-           'seed_everything', 'kernel_op', 'op_label', 'median_time', 'gpu_evidence', 'evidence_rows', 'set_plot_style']
+           'seed_everything', 'kernel_op', 'op_label', 'median_time', 'gpu_evidence', 'evidence_rows', 'measure_on_gpu',
+           'set_plot_style']
 
 # %% ../nbs/00_core.ipynb #ea5a020d
 def rel_err(actual: Tensor, # the tensor under test
@@ -180,6 +181,17 @@ def evidence_rows(ev: dict, # one entry of `gpu_evidence`
                  ) -> list[dict]: # the measured rows (failed and skipped steps left out)
     "The measured rows of one section of a GPU evidence file."
     return [r for r in ev.get(section, []) if r["name"].startswith(prefix) and "error" not in r and "skipped" not in r]
+
+def measure_on_gpu(parts: str, # comma-separated parts of tools/gpu_evidence.py, e.g. "verify,parity_cema,kernels_cema"
+                   shares: str, # seconds each part may use, e.g. "60,120,120"
+                   budget: int = 300, # seconds for all of them
+                   root: str | os.PathLike = "..", # the repository (notebooks run in nbs/)
+                  ) -> None:
+    "On a GPU machine: run tools/gpu_evidence.py for `parts` and file its rows under kernels/results/<gpu>/evidence.json."
+    import subprocess, sys
+    env = {**os.environ, "OUT": "build/gpu_evidence"}
+    for args in (["--parts", parts, "--shares", shares, "--budget", str(budget)], ["--unpack", "build/gpu_evidence"]):
+        subprocess.run([sys.executable, "tools/gpu_evidence.py", *args], cwd=root, env=env, check=args[0] == "--unpack")
 
 # %% ../nbs/00_core.ipynb #726f78d4
 def set_plot_style() -> None:

@@ -48,7 +48,9 @@ def _call(when: str, parity: list, errors: list) -> dict:
 
 def test_unpack_merges_calls_and_a_rerun_replaces_a_failed_step(tmp_path):
     sys.path.insert(0, str(ROOT / "tools"))
+    before = os.environ.get("TRITON_INTERPRET")
     import gpu_evidence
+    assert os.environ.get("TRITON_INTERPRET") == before  # importing it leaves the environment alone (the other tests need it)
     root = tmp_path / "repo"
     (root / "kernels").mkdir(parents=True)
     calls = [_call("t1", [dict(name="cema", error="CUDA error: illegal address"), dict(name="tsn", compared="y", err=1e-7, tol=1e-5, ok=True)],

@@ -47,8 +47,9 @@ import traceback
 from pathlib import Path
 
 SIM = bool(os.environ.get("GPU_SIM"))
-if SIM: os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
-else: os.environ.pop("TRITON_INTERPRET", None)
+if __name__ == "__main__":  # as a script (imported, e.g. by a test, it leaves the environment alone)
+    if SIM: os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+    else: os.environ.pop("TRITON_INTERPRET", None)
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
