@@ -16,7 +16,7 @@ from . import __version__
 from .core import ErrorTable, median_time, seed_everything, triton_available, triton_interpreting
 from .data import bits_per_byte, read_corpus, unigram_entropy
 from .model import PRESETS, MegalodonConfig, MegalodonForCausalLM, param_count
-from .train import TrainConfig, plot_history, stream_sample, train
+from .train import TrainConfig, TrainingDiverged, plot_history, stream_sample, train
 
 # %% auto #0
 __all__ = ['verify_all', 'bench_all', 'cache_nbytes', 'info_text', 'plan_steps', 'run_demo', 'main']
@@ -411,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
             if a.checkpoint: d = _checkpoint_dir(a.checkpoint); cfg, name = MegalodonConfig.from_dict(json.loads((d / "config.json").read_text())), str(d)
             else: cfg, name = MegalodonConfig.from_preset(a.preset or "tiny"), a.preset or "tiny"
             print(info_text(cfg, name))
+    except TrainingDiverged as e:  # not a usage error: the settings were valid, the run went wrong
+        print(f"megalodon-lit {a.command}: error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
         print(f"megalodon-lit {a.command}: error: {e}", file=sys.stderr)
         return 2

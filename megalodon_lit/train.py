@@ -21,8 +21,8 @@ from .data import Corpus, batch_at, bits_per_byte, check_fits, decode, encode, e
 from .model import MegalodonConfig, MegalodonForCausalLM
 
 # %% auto #0
-__all__ = ['TrainConfig', 'lr_at', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'evaluate', 'train', 'plot_history',
-           'stream_sample']
+__all__ = ['TrainConfig', 'lr_at', 'TrainingDiverged', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'evaluate', 'train',
+           'plot_history', 'stream_sample']
 
 # %% ../nbs/07_train.ipynb #d80ec594
 @dataclass
@@ -65,6 +65,9 @@ def lr_at(step: int, # 0-based optimiser step
     return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 # %% ../nbs/07_train.ipynb #f8b1100e
+class TrainingDiverged(RuntimeError):
+    "The loss, the gradient or the weights became non-finite: training stopped and nothing was saved from the diverged state."
+
 def _optimizer_tensors(model, opt) -> dict[str, Tensor]:
     names = {id(p): n for n, p in model.named_parameters()}
     out = {}
@@ -80,9 +83,13 @@ def save_checkpoint(path: str | Path, # the checkpoint folder (replaced atomical
     "Write model, optimiser state, RNG state and history; the previous checkpoint is replaced only once this one is complete."
     from safetensors.torch import save_file
     path = Path(path); tmp = path.with_name(path.name + ".tmp")
+    opt_tensors = _optimizer_tensors(model, opt)
+    bad = [n for n, t in [*model.state_dict().items(), *opt_tensors.items()] if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad: raise TrainingDiverged(f"not saving step {step} to {path}: non-finite values in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}; "
+                                   "the checkpoint already there is kept")
     if tmp.exists(): shutil.rmtree(tmp)
     model.save_pretrained(tmp)
-    save_file(_optimizer_tensors(model, opt), str(tmp / "optimizer.safetensors"))
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "trainer.json").write_text(json.dumps({"step": step, "train_config": asdict(tc), "history": history, "corpus": corpus_source}, indent=1))
     old = path.with_name(path.name + ".old")
     if old.exists(): shutil.rmtree(old)
@@ -146,6 +153,17 @@ def evaluate(model: MegalodonForCausalLM, batches: list[tuple[Tensor, Tensor]], 
     return total / len(batches)
 
 # %% ../nbs/07_train.ipynb #c15072ee
+def _all_finite(tensors) -> bool:
+    "True when no tensor holds a nan or an inf (one device read for all of them)."
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+    return not flags or bool(torch.stack(flags).all())
+
+def _diverged(step: int, what: str, lr: float, ckpt: Path, saved: int | None):
+    "Stop a diverged run, saying where its last good checkpoint is (nothing is saved from the diverged state)."
+    kept = f"the last good checkpoint (step {saved}) stays in {ckpt}" if saved is not None else "no checkpoint was written"
+    raise TrainingDiverged(f"the run diverged at step {step}: {what}, lr {lr:.3g}; {kept}. "
+                           "Start again with a lower learning rate (--lr) or a longer warm-up (--warmup)")
+
 def train(model_config: MegalodonConfig | None, # None: take it from the checkpoint when resuming
           tc: TrainConfig, # training settings
           corpus: Corpus | str | Path | None = None, # a Corpus, a source for `read_corpus`, or None (the stdlib source)
@@ -183,29 +201,32 @@ def train(model_config: MegalodonConfig | None, # None: take it from the checkpo
     if opt_tensors is not None: _restore_optimizer(model, opt, opt_tensors)
     val_batches = eval_windows(val_bytes, tc.batch_size, tc.seq_len, tc.eval_batches)
     tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
-    done, interrupted, t0 = start, False, time.perf_counter()
+    done, interrupted, t0, saved = start, False, time.perf_counter(), (start if resume else None)
     elapsed0 = history["elapsed"][-1] if history["elapsed"] else 0.0
     bar = tqdm(total=tc.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
     try:
         for step in range(start, tc.steps):
-            for group in opt.param_groups: group["lr"] = lr_at(step, tc)
+            lr = lr_at(step, tc)
+            for group in opt.param_groups: group["lr"] = lr
             loss_sum = 0.0
             for micro in range(tc.grad_accum):
                 x, y = batch_at(train_bytes, step * tc.grad_accum + micro, tc.batch_size, tc.seq_len, tc.seed)
                 with _autocast(tc.autocast, device): logits = step_model(x.to(device)).logits
                 loss = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten()) / tc.grad_accum
                 loss.backward(); loss_sum += loss.item()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
+            gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip))
+            if not (math.isfinite(loss_sum) and math.isfinite(gnorm)): _diverged(step + 1, f"loss {loss_sum:.4g}, gradient norm {gnorm:.4g}", lr, ckpt, saved)
             opt.step(); opt.zero_grad(set_to_none=True)
+            if not _all_finite(model.parameters()): _diverged(step + 1, f"the weights became non-finite after the update (loss {loss_sum:.4g}, gradient norm {gnorm:.4g})", lr, ckpt, saved)
             done = step + 1
             elapsed = elapsed0 + time.perf_counter() - t0
-            for k, v in (("step", done), ("loss", loss_sum), ("lr", lr_at(step, tc)), ("tokens", done * tokens_per_step), ("elapsed", elapsed)): history[k].append(v)
+            for k, v in (("step", done), ("loss", loss_sum), ("lr", lr), ("tokens", done * tokens_per_step), ("elapsed", elapsed)): history[k].append(v)
             if done % tc.eval_every == 0 or done == tc.steps:
                 history["val_step"].append(done); history["val_loss"].append(evaluate(model, val_batches, tc))
             bar.set_postfix(loss=f"{loss_sum:.3f}", val_bpb=f"{bits_per_byte(history['val_loss'][-1]):.2f}" if history["val_loss"] else "-",
                             tok_s=f"{(done - start) * tokens_per_step / max(1e-9, time.perf_counter() - t0):,.0f}")
             bar.update(1)
-            if done % tc.save_every == 0 and done < tc.steps: save_checkpoint(ckpt, model, opt, done, tc, history, corpus.source)
+            if done % tc.save_every == 0 and done < tc.steps: save_checkpoint(ckpt, model, opt, done, tc, history, corpus.source); saved = done
             if callback is not None: callback(done, history)
             if tc.max_minutes is not None and elapsed > 60 * tc.max_minutes and done < tc.steps:
                 log(f"\nstopping after {elapsed / 60:.1f} minutes (max_minutes={tc.max_minutes}) at step {done}")

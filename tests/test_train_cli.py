@@ -9,7 +9,8 @@ import torch
 from megalodon_lit.data import (batch_at, check_fits, corpus_files, decode, encode, eval_windows, read_corpus,
                                 unigram_entropy)
 from megalodon_lit.model import MegalodonConfig
-from megalodon_lit.train import TrainConfig, load_checkpoint, lr_at, train
+from megalodon_lit.model import MegalodonForCausalLM
+from megalodon_lit.train import TrainConfig, TrainingDiverged, load_checkpoint, lr_at, save_checkpoint, train
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +124,27 @@ def test_checkpoint_checks(tmp_path, text_corpus):
     with pytest.raises(FileNotFoundError, match="optimizer.safetensors is missing"): load_checkpoint(tmp_path / "checkpoint")
     small = tmp_path / "small.txt"; small.write_text("x" * 300)
     with pytest.raises(ValueError, match="fewer than one batch"): train(NANO, TrainConfig(batch_size=8, seq_len=64), small, out=tmp_path / "s", progress=False)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, text_corpus):
+    "lr 100 diverges within a few steps: training stops naming step, loss and lr; the checkpoint on disk is the last finite one."
+    tc = TrainConfig(steps=30, batch_size=4, seq_len=64, lr=100.0, warmup=1, save_every=1, eval_every=100)
+    with pytest.raises(TrainingDiverged, match=r"diverged at step (\d+): .*loss .*lr .*last good checkpoint \(step (\d+)\)") as e:
+        train(NANO, tc, text_corpus, out=tmp_path, progress=False)
+    step = int(e.value.args[0].split("diverged at step ")[1].split(":")[0])
+    model, opt, record = load_checkpoint(tmp_path / "checkpoint")
+    assert record["step"] == step - 1 and record["step"] < 30
+    assert all(torch.isfinite(t).all() for t in [*model.state_dict().values(), *opt.values()] if t.is_floating_point())
+
+
+def test_save_checkpoint_refuses_non_finite_weights(tmp_path):
+    model = MegalodonForCausalLM(NANO)
+    opt = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path / "ck", model, opt, 1, TrainConfig(), {}, "x")
+    with torch.no_grad(): model.embed.weight[3, 1] = float("nan")
+    with pytest.raises(TrainingDiverged, match="non-finite values in embed.weight"):
+        save_checkpoint(tmp_path / "ck", model, opt, 2, TrainConfig(), {}, "x")
+    assert json.loads((tmp_path / "ck" / "trainer.json").read_text())["step"] == 1
 
 
 def run_cli(*args, timeout=300):
