@@ -21,8 +21,8 @@ from .data import Corpus, batch_at, bits_per_byte, check_fits, decode, encode, e
 from .model import MegalodonConfig, MegalodonForCausalLM
 
 # %% auto #0
-__all__ = ['TrainConfig', 'lr_at', 'TrainingDiverged', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'evaluate', 'train',
-           'plot_history', 'stream_sample']
+__all__ = ['CHECKPOINT_FILES', 'TrainConfig', 'lr_at', 'TrainingDiverged', 'recover_checkpoint', 'save_checkpoint',
+           'load_checkpoint', 'TrainResult', 'evaluate', 'train', 'plot_history', 'stream_sample']
 
 # %% ../nbs/07_train.ipynb #d80ec594
 @dataclass
@@ -76,26 +76,58 @@ def _optimizer_tensors(model, opt) -> dict[str, Tensor]:
     out["__rng__::torch"] = torch.get_rng_state()
     return out
 
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.safetensors", "trainer.json")  # trainer.json is written last
+
+def _fsync(path: Path):
+    "Flush a file's data, or a folder's entries (what makes a rename durable), to the disk."
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
+def _complete(d: Path) -> bool:
+    "A checkpoint folder whose every file was written: trainer.json, the last one, is there and parses."
+    try: json.loads((d / "trainer.json").read_text())
+    except (OSError, ValueError): return False
+    return all((d / f).is_file() for f in CHECKPOINT_FILES)
+
+def recover_checkpoint(path: str | Path, # the checkpoint folder
+                       log: Callable[[str], None] = print,
+                      ) -> bool: # True if a checkpoint was put back
+    "If a save stopped between its two renames (only `checkpoint.tmp` and `checkpoint.old` on disk), put the newest complete one back."
+    path = Path(path)
+    if path.exists(): return False
+    for src in (path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")):
+        if src.is_dir() and _complete(src):
+            src.rename(path); _fsync(path.parent)
+            log(f"recovered {path} from {src.name}, left by a save that was interrupted")
+            return True
+    return False
+
 def save_checkpoint(path: str | Path, # the checkpoint folder (replaced atomically)
                     model: MegalodonForCausalLM, opt: torch.optim.Optimizer,
                     step: int, # optimiser steps completed
                     tc: TrainConfig, history: dict, corpus_source: str):
-    "Write model, optimiser state, RNG state and history; the previous checkpoint is replaced only once this one is complete."
+    "Write model, optimiser state, RNG state and history durably; the previous checkpoint is replaced only once this one is complete."
     from safetensors.torch import save_file
-    path = Path(path); tmp = path.with_name(path.name + ".tmp")
+    path = Path(path); tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     opt_tensors = _optimizer_tensors(model, opt)
     bad = [n for n, t in [*model.state_dict().items(), *opt_tensors.items()] if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad: raise TrainingDiverged(f"not saving step {step} to {path}: non-finite values in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}; "
                                    "the checkpoint already there is kept")
+    recover_checkpoint(path)  # never delete the only complete copy an interrupted save left
     if tmp.exists(): shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    for f in CHECKPOINT_FILES[:-1]: _fsync(tmp / f)
+    # trainer.json last: its presence marks the folder complete (recover_checkpoint relies on it)
     (tmp / "trainer.json").write_text(json.dumps({"step": step, "train_config": asdict(tc), "history": history, "corpus": corpus_source}, indent=1))
-    old = path.with_name(path.name + ".old")
+    _fsync(tmp / "trainer.json"); _fsync(tmp)
+    if path.exists():
+        if old.exists(): shutil.rmtree(old)
+        path.rename(old)  # from here until the next rename only .old and .tmp exist: recover_checkpoint handles that state
+    tmp.rename(path); _fsync(path.parent)
     if old.exists(): shutil.rmtree(old)
-    if path.exists(): path.rename(old)  # the previous checkpoint stays on disk until the new one is in place
-    tmp.rename(path)
-    if old.exists(): shutil.rmtree(old)
+
 
 # %% ../nbs/07_train.ipynb #4b4d5fde
 def load_checkpoint(path: str | Path, # a folder written by `save_checkpoint`
@@ -105,7 +137,8 @@ def load_checkpoint(path: str | Path, # a folder written by `save_checkpoint`
     "Read a training checkpoint, refusing one made for another model configuration."
     from safetensors.torch import load_file
     path = Path(path)
-    for f in ("config.json", "model.safetensors", "optimizer.safetensors", "trainer.json"):
+    recover_checkpoint(path)
+    for f in CHECKPOINT_FILES:
         if not (path / f).is_file(): raise FileNotFoundError(f"{path} is not a training checkpoint: {f} is missing")
     saved = MegalodonConfig.from_dict(json.loads((path / "config.json").read_text()))
     if model_config is not None and saved != model_config:
@@ -184,6 +217,7 @@ def train(model_config: MegalodonConfig | None, # None: take it from the checkpo
     check_fits(val_bytes, 1, tc.seq_len, "held-out split")
     out, ckpt = Path(out), Path(out) / "checkpoint"
     history = {"step": [], "loss": [], "lr": [], "tokens": [], "elapsed": [], "val_step": [], "val_loss": []}
+    recover_checkpoint(ckpt, log)
     if resume:
         if not ckpt.exists(): raise FileNotFoundError(f"nothing to resume: {ckpt} does not exist")
         model, opt_tensors, record = load_checkpoint(ckpt, model_config, device)

@@ -1,6 +1,6 @@
 """Data edge cases, the training loop (loss falls, interrupt + resume == uninterrupted, checkpoints refuse
 other configurations) and the `megalodon-lit` command (every subcommand, through the installed entry point)."""
-import json, os, signal, subprocess, sys, time
+import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -10,7 +10,8 @@ from megalodon_lit.data import (batch_at, check_fits, corpus_files, decode, enco
                                 unigram_entropy)
 from megalodon_lit.model import MegalodonConfig
 from megalodon_lit.model import MegalodonForCausalLM
-from megalodon_lit.train import TrainConfig, TrainingDiverged, load_checkpoint, lr_at, save_checkpoint, train
+from megalodon_lit.train import (CHECKPOINT_FILES, TrainConfig, TrainingDiverged, load_checkpoint, lr_at, recover_checkpoint,
+                                 save_checkpoint, train)
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,6 +146,39 @@ def test_save_checkpoint_refuses_non_finite_weights(tmp_path):
     with pytest.raises(TrainingDiverged, match="non-finite values in embed.weight"):
         save_checkpoint(tmp_path / "ck", model, opt, 2, TrainConfig(), {}, "x")
     assert json.loads((tmp_path / "ck" / "trainer.json").read_text())["step"] == 1
+
+
+def test_save_interrupted_between_renames_is_recovered(tmp_path, text_corpus, monkeypatch):
+    "A kill between save_checkpoint's two renames leaves only checkpoint.old and checkpoint.tmp: resume finds the newer one."
+    tc = TrainConfig(steps=6, batch_size=2, seq_len=32, eval_every=3, save_every=3)
+    real = Path.rename
+    def rename(self, target):  # the final save (step 6) is killed just before its last rename
+        if self.name == "checkpoint.tmp" and json.loads((self / "trainer.json").read_text())["step"] == 6: raise KeyboardInterrupt
+        return real(self, target)
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(KeyboardInterrupt): train(NANO, tc, text_corpus, out=tmp_path, progress=False)
+    monkeypatch.setattr(Path, "rename", real)
+    ck = tmp_path / "checkpoint"
+    assert not ck.exists() and (tmp_path / "checkpoint.old").is_dir() and (tmp_path / "checkpoint.tmp").is_dir()
+    with pytest.raises(FileExistsError, match="resume"): train(NANO, tc, text_corpus, out=tmp_path, progress=False)  # a plain re-run deletes nothing
+    assert json.loads((ck / "trainer.json").read_text())["step"] == 6  # the complete new one was put back
+    res = train(None, TrainConfig(**{**tc.__dict__, "steps": 8}), text_corpus, out=tmp_path, resume=True, progress=False)
+    assert res.history["step"][-1] == 8
+    # an incomplete .tmp (no trainer.json yet) loses to the complete .old
+    ck.rename(tmp_path / "checkpoint.old")
+    shutil.copytree(tmp_path / "checkpoint.old", tmp_path / "checkpoint.tmp")
+    (tmp_path / "checkpoint.tmp" / "trainer.json").unlink()
+    assert recover_checkpoint(ck, log=lambda s: None) and json.loads((ck / "trainer.json").read_text())["step"] == 8
+
+
+def test_save_checkpoint_is_durable(tmp_path, monkeypatch):
+    "Every file, the new folder and the folder holding it are fsynced, so a power loss cannot undo a completed save."
+    synced, real = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    model = MegalodonForCausalLM(NANO)
+    save_checkpoint(tmp_path / "checkpoint", model, torch.optim.AdamW(model.parameters()), 1, TrainConfig(), {}, "x")
+    tmp = str(tmp_path / "checkpoint.tmp")
+    assert {f"{tmp}/{f}" for f in CHECKPOINT_FILES} | {tmp, str(tmp_path)} <= set(synced), synced
 
 
 def run_cli(*args, timeout=300):
