@@ -7,7 +7,7 @@ Docs: https://megalodon-lit.github.io/megalodon-lit/model.html.md"""
 # %% ../nbs/06_model.ipynb #760934bb
 from __future__ import annotations
 
-import json, math
+import hashlib, json, math
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -23,8 +23,8 @@ from .block import (INIT_MODES, LayerState, MegalodonBlock, MegalodonLayer, Norm
 
 # %% auto #0
 __all__ = ['PRESETS', 'MegalodonConfig', 'param_count', 'MegalodonCache', 'MegalodonOutput', 'causal_lm_loss', 'OutputLayer',
-           'MegalodonForCausalLM', 'sample_next', 'GenerateOutput', 'upstream_rope_freqs', 'to_upstream_state_dict',
-           'from_upstream_state_dict']
+           'MegalodonForCausalLM', 'sample_next', 'GenerateOutput', 'tensors_sha256', 'save_tensors', 'load_tensors',
+           'upstream_rope_freqs', 'to_upstream_state_dict', 'from_upstream_state_dict']
 
 # %% ../nbs/06_model.ipynb #8843989c
 @dataclass
@@ -349,15 +349,49 @@ def _generate(self: MegalodonForCausalLM,
 MegalodonForCausalLM.generate = _generate
 
 # %% ../nbs/06_model.ipynb #39667181
+def tensors_sha256(tensors: dict[str, Tensor]) -> str:
+    "sha256 over every tensor's name, dtype, shape and bytes, in name order: what a safetensors file must give back."
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+def _nonfinite_names(tensors: dict[str, Tensor]) -> list[str]:
+    return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+def save_tensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None):
+    "Write a safetensors file that records the sha256 of its tensors; non-finite tensors are refused."
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    bad = _nonfinite_names(tensors)
+    if bad: raise ValueError(f"refusing to write {path}: non-finite values (nan or inf) in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}")
+    save_file(tensors, str(path), metadata={**(metadata or {}), "sha256": tensors_sha256(tensors)})
+
+def load_tensors(path: str | Path) -> dict[str, Tensor]:
+    "Read a safetensors file, checking it parses, matches the sha256 recorded at saving (when there is one) and holds only finite values."
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    try:
+        with safe_open(str(path), "pt") as f: meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError for a damaged header
+        raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+    if "sha256" in meta and tensors_sha256(tensors) != meta["sha256"]:
+        raise ValueError(f"{path} is corrupt: its tensors do not match the sha256 recorded when it was saved")
+    bad = _nonfinite_names(tensors)
+    if bad: raise ValueError(f"{path} holds non-finite values (nan or inf) in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}")
+    return tensors
+
 def _save_pretrained(self: MegalodonForCausalLM,
                      directory: str | Path, # created if missing
                     ) -> Path:
-    "Write `config.json` and `model.safetensors` to `directory`."
-    from safetensors.torch import save_file
+    "Write `config.json` and `model.safetensors` (with the sha256 of its tensors) to `directory`."
     d = Path(directory); d.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+    sd = dict(self.state_dict())
     if self.config.share_emb: sd.pop("output.output.weight")  # tied to embed.weight
-    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt", "megalodon_lit": __version__})
+    save_tensors(sd, d / "model.safetensors", metadata={"format": "pt", "megalodon_lit": __version__})
     (d / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
     return d
 
@@ -376,15 +410,14 @@ def _load_checked(model: MegalodonForCausalLM, sd: dict, source: str):
 def _from_pretrained(cls, directory: str | Path, # written by `save_pretrained`
                      device: str | torch.device = "cpu", # where to put the model
                     ) -> MegalodonForCausalLM:
-    "Rebuild a model saved with `save_pretrained`."
-    from safetensors.torch import load_file
+    "Rebuild a model saved with `save_pretrained`, refusing a damaged or non-finite weights file."
     d = Path(directory)
     for f in ("config.json", "model.safetensors"):
         if not (d / f).is_file(): raise FileNotFoundError(f"{d / f} not found: a checkpoint directory holds config.json and model.safetensors")
     config = MegalodonConfig.from_dict(json.loads((d / "config.json").read_text()))
     model = cls(replace(config, init_mode="none"))  # every weight is about to be overwritten
     model.config = config
-    sd = load_file(str(d / "model.safetensors"))
+    sd = load_tensors(d / "model.safetensors")
     if "embed.weight" in sd: model.to(sd["embed.weight"].dtype)  # the checkpoint's precision
     _load_checked(model, sd, str(d / "model.safetensors"))
     return model.to(device)

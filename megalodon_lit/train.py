@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .core import seed_everything
 from .data import Corpus, batch_at, bits_per_byte, check_fits, decode, encode, eval_windows, read_corpus, unigram_entropy
-from .model import MegalodonConfig, MegalodonForCausalLM
+from .model import MegalodonConfig, MegalodonForCausalLM, load_tensors, save_tensors
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FILES', 'TrainConfig', 'lr_at', 'TrainingDiverged', 'recover_checkpoint', 'save_checkpoint',
@@ -108,7 +108,6 @@ def save_checkpoint(path: str | Path, # the checkpoint folder (replaced atomical
                     step: int, # optimiser steps completed
                     tc: TrainConfig, history: dict, corpus_source: str):
     "Write model, optimiser state, RNG state and history durably; the previous checkpoint is replaced only once this one is complete."
-    from safetensors.torch import save_file
     path = Path(path); tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     opt_tensors = _optimizer_tensors(model, opt)
     bad = [n for n, t in [*model.state_dict().items(), *opt_tensors.items()] if t.is_floating_point() and not bool(torch.isfinite(t).all())]
@@ -117,7 +116,7 @@ def save_checkpoint(path: str | Path, # the checkpoint folder (replaced atomical
     recover_checkpoint(path)  # never delete the only complete copy an interrupted save left
     if tmp.exists(): shutil.rmtree(tmp)
     model.save_pretrained(tmp)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    save_tensors(opt_tensors, tmp / "optimizer.safetensors")
     for f in CHECKPOINT_FILES[:-1]: _fsync(tmp / f)
     # trainer.json last: its presence marks the folder complete (recover_checkpoint relies on it)
     (tmp / "trainer.json").write_text(json.dumps({"step": step, "train_config": asdict(tc), "history": history, "corpus": corpus_source}, indent=1))
@@ -135,7 +134,6 @@ def load_checkpoint(path: str | Path, # a folder written by `save_checkpoint`
                     device: str | torch.device = "cpu",
                    ) -> tuple[MegalodonForCausalLM, dict, dict]: # model, optimizer tensors, trainer record
     "Read a training checkpoint, refusing one made for another model configuration."
-    from safetensors.torch import load_file
     path = Path(path)
     recover_checkpoint(path)
     for f in CHECKPOINT_FILES:
@@ -147,7 +145,9 @@ def load_checkpoint(path: str | Path, # a folder written by `save_checkpoint`
         raise ValueError(f"the checkpoint at {path} was made for another model configuration ({'; '.join(diff)}); "
                          "resume with the same settings, or train into a new --out folder")
     model = MegalodonForCausalLM.from_pretrained(path, device=device)
-    return model, load_file(str(path / "optimizer.safetensors")), json.loads((path / "trainer.json").read_text())
+    try: record = json.loads((path / "trainer.json").read_text())
+    except ValueError as e: raise ValueError(f"{path / 'trainer.json'} is not valid JSON ({e})") from None
+    return model, load_tensors(path / "optimizer.safetensors"), record
 
 def _restore_optimizer(model, opt, tensors: dict[str, Tensor]):
     params = dict(model.named_parameters())

@@ -164,6 +164,30 @@ def test_safetensors_round_trip(tmp_path):
     with pytest.raises(ValueError, match="fc1.weight"): MegalodonForCausalLM.from_pretrained(tmp_path / "1")
 
 
+def test_weights_file_damage_is_refused(tmp_path):
+    "Flipped bytes, a torn header and NaN weights are refused on load, naming model.safetensors; NaN weights are never written."
+    from safetensors.torch import load_file, save_file
+    seed_everything(0)
+    model = MegalodonForCausalLM(MegalodonConfig.from_preset("nano"))
+    model.save_pretrained(tmp_path / "ok")
+    f = tmp_path / "ok" / "model.safetensors"
+    raw = bytearray(f.read_bytes())
+    for i in range(64): raw[-4 * (i + 1) - 1] ^= 0x40  # 64 flipped bytes in the tensor data (float exponents: finite, far off)
+    (tmp_path / "flip").mkdir(); (tmp_path / "flip" / "config.json").write_bytes((tmp_path / "ok" / "config.json").read_bytes())
+    (tmp_path / "flip" / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"flip/model.safetensors is corrupt: .*sha256"): MegalodonForCausalLM.from_pretrained(tmp_path / "flip")
+    (tmp_path / "flip" / "model.safetensors").write_bytes(f.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"flip/model.safetensors is not a readable safetensors file"):
+        MegalodonForCausalLM.from_pretrained(tmp_path / "flip")
+    sd = load_file(str(f)); sd["layers.0.mega.wz.weight"][0, 0] = float("nan")
+    save_file(sd, str(tmp_path / "flip" / "model.safetensors"))  # written by another program: no hash, still checked
+    with pytest.raises(ValueError, match=r"flip/model.safetensors holds non-finite values .* in layers.0.mega.wz.weight"):
+        MegalodonForCausalLM.from_pretrained(tmp_path / "flip")
+    with torch.no_grad(): model.layers[1].nffn.fc1.weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="non-finite values .* in layers.1.nffn.fc1.weight"): model.save_pretrained(tmp_path / "bad")
+    assert MegalodonForCausalLM.from_pretrained(tmp_path / "ok").config == model.config
+
+
 def spec_keys(c: MegalodonConfig) -> dict:
     "Upstream's keys and shapes, written out from upstream-spec §1.1, §2.1, §3.1, §4.1, §4.4 (independent of our modules)."
     D, Z, E, F_, N, G, V = c.model_dim, c.z_dim, c.value_dim, c.ffn_hidden_dim, c.cema_ndim, c.norm_num_groups, c.vocab_size
