@@ -15,7 +15,7 @@ import torch
 from . import __version__
 from .core import ErrorTable, median_time, seed_everything, triton_available, triton_interpreting
 from .data import bits_per_byte, read_corpus, unigram_entropy
-from .model import PRESETS, MegalodonConfig, MegalodonForCausalLM, param_count
+from .model import PRESETS, MegalodonConfig, MegalodonForCausalLM, param_count, read_config
 from .train import TrainConfig, TrainingDiverged, plot_history, stream_sample, train
 
 # %% auto #0
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if bad else 0
         elif a.command == "bench": return _cmd_bench(a)
         elif a.command == "info":
-            if a.checkpoint: d = _checkpoint_dir(a.checkpoint); cfg, name = MegalodonConfig.from_dict(json.loads((d / "config.json").read_text())), str(d)
+            if a.checkpoint: d = _checkpoint_dir(a.checkpoint); cfg, name = read_config(d / "config.json"), str(d)
             else: cfg, name = MegalodonConfig.from_preset(a.preset or "tiny"), a.preset or "tiny"
             print(info_text(cfg, name))
     except TrainingDiverged as e:  # not a usage error: the settings were valid, the run went wrong

@@ -23,8 +23,8 @@ from .block import (INIT_MODES, LayerState, MegalodonBlock, MegalodonLayer, Norm
 
 # %% auto #0
 __all__ = ['PRESETS', 'MegalodonConfig', 'param_count', 'MegalodonCache', 'MegalodonOutput', 'causal_lm_loss', 'OutputLayer',
-           'MegalodonForCausalLM', 'sample_next', 'GenerateOutput', 'tensors_sha256', 'save_tensors', 'load_tensors',
-           'upstream_rope_freqs', 'to_upstream_state_dict', 'from_upstream_state_dict']
+           'MegalodonForCausalLM', 'sample_next', 'GenerateOutput', 'read_config', 'tensors_sha256', 'save_tensors',
+           'load_tensors', 'upstream_rope_freqs', 'to_upstream_state_dict', 'from_upstream_state_dict']
 
 # %% ../nbs/06_model.ipynb #8843989c
 @dataclass
@@ -349,6 +349,19 @@ def _generate(self: MegalodonForCausalLM,
 MegalodonForCausalLM.generate = _generate
 
 # %% ../nbs/06_model.ipynb #39667181
+def read_config(path: str | Path, # a checkpoint's config.json
+               ) -> MegalodonConfig:
+    "The configuration a checkpoint was saved with: every field must be present (none silently takes a default); errors name the file."
+    path = Path(path)
+    try: d = json.loads(path.read_text())
+    except ValueError as e: raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(d, dict): raise ValueError(f"{path} must hold a JSON object of config fields, got {type(d).__name__}")
+    missing = [f.name for f in fields(MegalodonConfig) if f.name not in d]
+    if missing: raise ValueError(f"{path} lacks the config field(s) {', '.join(missing)}: a saved configuration names every field "
+                                 "(an upstream ModelConf dict goes through MegalodonConfig.from_dict)")
+    try: return MegalodonConfig.from_dict(d)
+    except (TypeError, ValueError) as e: raise type(e)(f"{path}: {e}") from None
+
 def tensors_sha256(tensors: dict[str, Tensor]) -> str:
     "sha256 over every tensor's name, dtype, shape and bytes, in name order: what a safetensors file must give back."
     h = hashlib.sha256()
@@ -414,7 +427,7 @@ def _from_pretrained(cls, directory: str | Path, # written by `save_pretrained`
     d = Path(directory)
     for f in ("config.json", "model.safetensors"):
         if not (d / f).is_file(): raise FileNotFoundError(f"{d / f} not found: a checkpoint directory holds config.json and model.safetensors")
-    config = MegalodonConfig.from_dict(json.loads((d / "config.json").read_text()))
+    config = read_config(d / "config.json")
     model = cls(replace(config, init_mode="none"))  # every weight is about to be overwritten
     model.config = config
     sd = load_tensors(d / "model.safetensors")

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .core import seed_everything
 from .data import Corpus, batch_at, bits_per_byte, check_fits, decode, encode, eval_windows, read_corpus, unigram_entropy
-from .model import MegalodonConfig, MegalodonForCausalLM, load_tensors, save_tensors
+from .model import MegalodonConfig, MegalodonForCausalLM, load_tensors, read_config, save_tensors
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FILES', 'TrainConfig', 'lr_at', 'TrainingDiverged', 'recover_checkpoint', 'save_checkpoint',
@@ -138,7 +138,7 @@ def load_checkpoint(path: str | Path, # a folder written by `save_checkpoint`
     recover_checkpoint(path)
     for f in CHECKPOINT_FILES:
         if not (path / f).is_file(): raise FileNotFoundError(f"{path} is not a training checkpoint: {f} is missing")
-    saved = MegalodonConfig.from_dict(json.loads((path / "config.json").read_text()))
+    saved = read_config(path / "config.json")
     if model_config is not None and saved != model_config:
         diff = [f"{f.name}: checkpoint {getattr(saved, f.name)!r} vs requested {getattr(model_config, f.name)!r}"
                 for f in fields(saved) if getattr(saved, f.name) != getattr(model_config, f.name)]

@@ -188,6 +188,17 @@ def test_weights_file_damage_is_refused(tmp_path):
     assert MegalodonForCausalLM.from_pretrained(tmp_path / "ok").config == model.config
 
 
+def test_config_json_must_name_every_field(tmp_path):
+    "A config.json without chunk_size would reload with the upstream default 2048 and other logits: refused, naming the field."
+    import json
+    MegalodonForCausalLM(MegalodonConfig.from_preset("nano")).save_pretrained(tmp_path)
+    d = json.loads((tmp_path / "config.json").read_text()); del d["chunk_size"]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"config.json lacks the config field\(s\) chunk_size"): MegalodonForCausalLM.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"): MegalodonForCausalLM.from_pretrained(tmp_path)
+
+
 def spec_keys(c: MegalodonConfig) -> dict:
     "Upstream's keys and shapes, written out from upstream-spec §1.1, §2.1, §3.1, §4.1, §4.4 (independent of our modules)."
     D, Z, E, F_, N, G, V = c.model_dim, c.z_dim, c.value_dim, c.ffn_hidden_dim, c.cema_ndim, c.norm_num_groups, c.vocab_size
