@@ -293,6 +293,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", help="compile the training step with torch.compile (faster steps after a compile of a minute or so)")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     t.add_argument("--resume", action="store_true", help="continue OUT/checkpoint")
+    t.add_argument("--allow-change", default="", metavar="NAMES", help="with --resume: settings that may differ from the checkpoint's, "
+                   "comma-separated (e.g. lr,corpus); by default a resume refuses any change of batch size, sequence length, seed, schedule or corpus")
     t.add_argument("--overwrite", action="store_true", help="replace an existing OUT/checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--chunk-parallel", type=int, default=None, metavar="N",
@@ -359,7 +361,8 @@ def _cmd_train(a) -> int:
                      compile=a.compile)
     corpus = read_corpus(a.corpus, a.max_bytes)
     print(f"corpus: {len(corpus):,} bytes from {corpus.files} file(s) of {corpus.source}")
-    res = train(config, tc, corpus, out=a.out, resume=a.resume, overwrite=a.overwrite, device=a.device, progress=not a.no_progress)
+    allow = tuple(n.strip().replace("-", "_") for n in a.allow_change.split(",") if n.strip())
+    res = train(config, tc, corpus, out=a.out, resume=a.resume, overwrite=a.overwrite, allow_changes=allow, device=a.device, progress=not a.no_progress)
     plot = plot_history(res.history, Path(a.out) / "loss.png", res.unigram_bits)
     last = bits_per_byte(res.history["val_loss"][-1]) if res.history["val_loss"] else float("nan")
     print(f"steps {res.history['step'][-1] if res.history['step'] else 0}/{tc.steps}; held-out {last:.3f} bits/byte "

@@ -7,7 +7,7 @@ Docs: https://megalodon-lit.github.io/megalodon-lit/train.html.md"""
 # %% ../nbs/07_train.ipynb #21cd9405
 from __future__ import annotations
 
-import json, math, os, shutil, time
+import hashlib, json, math, os, shutil, time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -21,8 +21,8 @@ from .data import Corpus, batch_at, bits_per_byte, check_fits, decode, encode, e
 from .model import MegalodonConfig, MegalodonForCausalLM, load_tensors, read_config, save_tensors
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FILES', 'TrainConfig', 'lr_at', 'TrainingDiverged', 'recover_checkpoint', 'save_checkpoint',
-           'load_checkpoint', 'TrainResult', 'evaluate', 'train', 'plot_history', 'stream_sample']
+__all__ = ['CHECKPOINT_FILES', 'RESUME_FIXED', 'TrainConfig', 'lr_at', 'TrainingDiverged', 'recover_checkpoint',
+           'save_checkpoint', 'load_checkpoint', 'TrainResult', 'evaluate', 'train', 'plot_history', 'stream_sample']
 
 # %% ../nbs/07_train.ipynb #d80ec594
 @dataclass
@@ -106,7 +106,9 @@ def recover_checkpoint(path: str | Path, # the checkpoint folder
 def save_checkpoint(path: str | Path, # the checkpoint folder (replaced atomically)
                     model: MegalodonForCausalLM, opt: torch.optim.Optimizer,
                     step: int, # optimiser steps completed
-                    tc: TrainConfig, history: dict, corpus_source: str):
+                    tc: TrainConfig, history: dict, corpus_source: str,
+                    corpus_sha256: str | None = None, # the corpus bytes' hash, checked when the run resumes
+                   ):
     "Write model, optimiser state, RNG state and history durably; the previous checkpoint is replaced only once this one is complete."
     path = Path(path); tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     opt_tensors = _optimizer_tensors(model, opt)
@@ -119,7 +121,8 @@ def save_checkpoint(path: str | Path, # the checkpoint folder (replaced atomical
     save_tensors(opt_tensors, tmp / "optimizer.safetensors")
     for f in CHECKPOINT_FILES[:-1]: _fsync(tmp / f)
     # trainer.json last: its presence marks the folder complete (recover_checkpoint relies on it)
-    (tmp / "trainer.json").write_text(json.dumps({"step": step, "train_config": asdict(tc), "history": history, "corpus": corpus_source}, indent=1))
+    (tmp / "trainer.json").write_text(json.dumps({"step": step, "train_config": asdict(tc), "history": history, "corpus": corpus_source,
+                                                         "corpus_sha256": corpus_sha256}, indent=1))
     _fsync(tmp / "trainer.json"); _fsync(tmp)
     if path.exists():
         if old.exists(): shutil.rmtree(old)
@@ -197,12 +200,27 @@ def _diverged(step: int, what: str, lr: float, ckpt: Path, saved: int | None):
     raise TrainingDiverged(f"the run diverged at step {step}: {what}, lr {lr:.3g}; {kept}. "
                            "Start again with a lower learning rate (--lr) or a longer warm-up (--warmup)")
 
+RESUME_FIXED = ("batch_size", "seq_len", "grad_accum", "seed", "val_fraction", "lr", "min_lr_ratio", "warmup", "betas", "eps",
+                "weight_decay", "clip", "corpus")  # a resumed run must keep these unless told otherwise; steps, eval/save cadence, autocast, compile may change
+
+def _resume_changes(record: dict, tc: TrainConfig, source: str, digest: str) -> dict[str, str]:
+    "The settings in which this run differs from the one its checkpoint came from: name -> 'name: checkpoint X, now Y'."
+    saved, now, out = record.get("train_config", {}), asdict(tc), {}
+    for k in RESUME_FIXED[:-1]:
+        a = tuple(saved[k]) if isinstance(saved.get(k), list) else saved.get(k)
+        if k in saved and a != now[k]: out[k] = f"{k}: checkpoint {a!r}, now {now[k]!r}"
+    old_digest = record.get("corpus_sha256") or digest
+    if record.get("corpus") != source or old_digest != digest:
+        out["corpus"] = f"corpus: checkpoint {record.get('corpus')!r} (sha256 {old_digest[:12]}…), now {source!r} (sha256 {digest[:12]}…)"
+    return out
+
 def train(model_config: MegalodonConfig | None, # None: take it from the checkpoint when resuming
           tc: TrainConfig, # training settings
           corpus: Corpus | str | Path | None = None, # a Corpus, a source for `read_corpus`, or None (the stdlib source)
           out: str | Path = "runs/megalodon", # run folder; the checkpoint goes to out/checkpoint
           resume: bool = False, # continue from out/checkpoint
           overwrite: bool = False, # replace an existing out/checkpoint instead of refusing to start
+          allow_changes: tuple[str, ...] = (), # when resuming, settings of `RESUME_FIXED` that may differ from the checkpoint's
           device: str | torch.device | None = None, # None: CUDA if present, else CPU
           progress: bool = True, # show a progress bar
           callback: Callable[[int, dict], None] | None = None, # called after every step with (steps done, history)
@@ -215,12 +233,18 @@ def train(model_config: MegalodonConfig | None, # None: take it from the checkpo
     train_bytes, val_bytes = corpus.split(tc.val_fraction)
     check_fits(train_bytes, tc.batch_size, tc.seq_len, "training split")
     check_fits(val_bytes, 1, tc.seq_len, "held-out split")
+    unknown = sorted(set(allow_changes) - set(RESUME_FIXED))
+    if unknown: raise ValueError(f"allow_changes: {unknown} are not settings a resume checks; choose from {list(RESUME_FIXED)}")
+    digest = hashlib.sha256(corpus.data.numpy()).hexdigest()
     out, ckpt = Path(out), Path(out) / "checkpoint"
     history = {"step": [], "loss": [], "lr": [], "tokens": [], "elapsed": [], "val_step": [], "val_loss": []}
     recover_checkpoint(ckpt, log)
     if resume:
         if not ckpt.exists(): raise FileNotFoundError(f"nothing to resume: {ckpt} does not exist")
         model, opt_tensors, record = load_checkpoint(ckpt, model_config, device)
+        changed = {k: v for k, v in _resume_changes(record, tc, corpus.source, digest).items() if k not in allow_changes}
+        if changed: raise ValueError(f"the checkpoint at {ckpt} was trained with other settings ({'; '.join(changed.values())}); resume with the "
+                                     f"same settings, or allow the change explicitly (--allow-change {','.join(changed)}; allow_changes={tuple(changed)!r})")
         start, history = record["step"], record["history"]
         seed_everything(tc.seed)
     else:
@@ -260,7 +284,7 @@ def train(model_config: MegalodonConfig | None, # None: take it from the checkpo
             bar.set_postfix(loss=f"{loss_sum:.3f}", val_bpb=f"{bits_per_byte(history['val_loss'][-1]):.2f}" if history["val_loss"] else "-",
                             tok_s=f"{(done - start) * tokens_per_step / max(1e-9, time.perf_counter() - t0):,.0f}")
             bar.update(1)
-            if done % tc.save_every == 0 and done < tc.steps: save_checkpoint(ckpt, model, opt, done, tc, history, corpus.source); saved = done
+            if done % tc.save_every == 0 and done < tc.steps: save_checkpoint(ckpt, model, opt, done, tc, history, corpus.source, digest); saved = done
             if callback is not None: callback(done, history)
             if tc.max_minutes is not None and elapsed > 60 * tc.max_minutes and done < tc.steps:
                 log(f"\nstopping after {elapsed / 60:.1f} minutes (max_minutes={tc.max_minutes}) at step {done}")
@@ -270,7 +294,7 @@ def train(model_config: MegalodonConfig | None, # None: take it from the checkpo
         log(f"\ninterrupted after step {done}; saving a resumable checkpoint")
     finally:
         bar.close()
-    save_checkpoint(ckpt, model, opt, done, tc, history, corpus.source)
+    save_checkpoint(ckpt, model, opt, done, tc, history, corpus.source, digest)
     if interrupted: log(f"checkpoint at step {done} in {ckpt}; continue with resume=True (megalodon-lit train --resume --out {out})")
     return TrainResult(model, history, out, interrupted, unigram_entropy(val_bytes))
 

@@ -181,6 +181,25 @@ def test_save_checkpoint_is_durable(tmp_path, monkeypatch):
     assert {f"{tmp}/{f}" for f in CHECKPOINT_FILES} | {tmp, str(tmp_path)} <= set(synced), synced
 
 
+def test_resume_refuses_other_settings_unless_allowed(tmp_path, text_corpus):
+    "Resuming with another seq_len, batch_size, seed or corpus would silently change the run: refused, naming the setting."
+    corpus = tmp_path / "corpus"; shutil.copytree(text_corpus, corpus)
+    tc = TrainConfig(steps=2, batch_size=2, seq_len=32, eval_every=1)
+    train(NANO, tc, corpus, out=tmp_path / "run", progress=False)
+    resume = lambda tc, src=corpus, **kw: train(None, tc, src, out=tmp_path / "run", resume=True, progress=False, **kw)
+    more = lambda **kw: TrainConfig(**{**tc.__dict__, "steps": 3, **kw})
+    for change, msg in ((dict(seq_len=48), "seq_len: checkpoint 32, now 48"), (dict(batch_size=3), "batch_size: checkpoint 2, now 3"),
+                        (dict(seed=1), "seed: checkpoint 0, now 1")):
+        with pytest.raises(ValueError, match=f"{msg}.*--allow-change {next(iter(change))}"): resume(more(**change))
+    other = tmp_path / "other.py"; other.write_bytes((text_corpus / "decoder.py").read_bytes() * 3)
+    with pytest.raises(ValueError, match="corpus: checkpoint"): resume(more(), other)
+    (corpus / "zz_extra.py").write_text("x = 1\n")  # same source, other bytes
+    with pytest.raises(ValueError, match="corpus: checkpoint .*sha256"): resume(more())
+    with pytest.raises(ValueError, match="not settings a resume checks"): resume(more(), allow_changes=("steps",))
+    res = resume(more(seq_len=40), allow_changes=("seq_len", "corpus"))  # asked for explicitly
+    assert res.history["step"][-1] == 3
+
+
 def run_cli(*args, timeout=300):
     return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -199,6 +218,8 @@ def test_cli_train_resume_generate_info(tmp_path, text_corpus):
     assert r.returncode == 0 and "steps 6/6" in r.stdout, r.stderr
     r = run_cli("train", *common, "--steps", "6")
     assert r.returncode == 2 and "--resume" in r.stderr  # refuses to overwrite a run
+    r = run_cli("train", *common, "--steps", "8", "--resume", "--seed", "3")
+    assert r.returncode == 2 and "seed: checkpoint 0, now 3" in r.stderr and "--allow-change seed" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
     r = run_cli("train", "--corpus", str(text_corpus), "--out", str(tmp_path / "run"), "--steps", "10", "--resume", "--no-progress",
                 "--batch-size", "4", "--seq-len", "48", "--eval-every", "4")  # no --preset: the checkpoint's configuration
     assert r.returncode == 0 and "steps 10/10" in r.stdout, r.stderr
