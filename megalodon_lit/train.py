@@ -21,8 +21,9 @@ from .data import Corpus, batch_at, bits_per_byte, check_fits, decode, encode, e
 from .model import MegalodonConfig, MegalodonForCausalLM, load_tensors, read_config, save_tensors
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FILES', 'RESUME_FIXED', 'TrainConfig', 'lr_at', 'TrainingDiverged', 'recover_checkpoint',
-           'save_checkpoint', 'load_checkpoint', 'TrainResult', 'evaluate', 'train', 'plot_history', 'stream_sample']
+__all__ = ['CHECKPOINT_FILES', 'RESUME_FIXED', 'TrainConfig', 'lr_at', 'TrainingDiverged', 'check_run_folder',
+           'recover_checkpoint', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'evaluate', 'train',
+           'plot_history', 'stream_sample']
 
 # %% ../nbs/07_train.ipynb #d80ec594
 @dataclass
@@ -83,6 +84,18 @@ def _fsync(path: Path):
     fd = os.open(path, os.O_RDONLY)
     try: os.fsync(fd)
     finally: os.close(fd)
+
+def check_run_folder(out: str | Path, # the run folder (created if missing)
+                    ) -> Path:
+    "Create the run folder and prove it writable now, so that a bad `out` fails before training rather than at the first save."
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise ValueError(f"the run folder (out, --out) {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b""); probe.unlink()
+    except OSError as e: raise ValueError(f"the run folder (out, --out) {out} cannot be written: {e.strerror or e}") from None
+    return out
 
 def _complete(d: Path) -> bool:
     "A checkpoint folder whose every file was written: trainer.json, the last one, is there and parses."
@@ -253,6 +266,7 @@ def train(model_config: MegalodonConfig | None, # None: take it from the checkpo
         if ckpt.exists(): raise FileExistsError(f"{ckpt} exists: pass resume=True (--resume) to continue it, or choose another out folder")
         seed_everything(tc.seed)
         model, opt_tensors, start = MegalodonForCausalLM(model_config).to(device), None, 0
+    check_run_folder(out)
     model.train()
     step_model = torch.compile(model) if tc.compile else model  # shares the parameters; evaluation and checkpoints use `model`
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, eps=tc.eps, weight_decay=tc.weight_decay)

@@ -10,7 +10,7 @@ from megalodon_lit.data import (batch_at, check_fits, corpus_files, decode, enco
                                 unigram_entropy)
 from megalodon_lit.model import MegalodonConfig
 from megalodon_lit.model import MegalodonForCausalLM
-from megalodon_lit.train import (CHECKPOINT_FILES, TrainConfig, TrainingDiverged, load_checkpoint, lr_at, recover_checkpoint,
+from megalodon_lit.train import (CHECKPOINT_FILES, TrainConfig, check_run_folder, TrainingDiverged, load_checkpoint, lr_at, recover_checkpoint,
                                  save_checkpoint, train)
 
 torch.set_num_threads(1)
@@ -198,6 +198,23 @@ def test_resume_refuses_other_settings_unless_allowed(tmp_path, text_corpus):
     with pytest.raises(ValueError, match="not settings a resume checks"): resume(more(), allow_changes=("steps",))
     res = resume(more(seq_len=40), allow_changes=("seq_len", "corpus"))  # asked for explicitly
     assert res.history["step"][-1] == 3
+
+
+def test_unusable_out_fails_before_the_first_step(tmp_path, text_corpus):
+    "An --out that is a file, or cannot be written, is refused before any training (not at the first save, after it)."
+    calls = []
+    tc = TrainConfig(steps=3, batch_size=2, seq_len=32, eval_every=10)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="file, not a folder"): train(NANO, tc, text_corpus, out=tmp_path / "file", progress=False, callback=calls.append)
+    with pytest.raises(ValueError, match="cannot be written: Not a directory"):  # a place no one can create, root included
+        train(NANO, tc, text_corpus, out=tmp_path / "file" / "run", progress=False, callback=calls.append)
+    ro = tmp_path / "ro"; ro.mkdir(); ro.chmod(0o500)
+    try:
+        if not os.access(ro, os.W_OK):  # (root may write anywhere)
+            with pytest.raises(ValueError, match="cannot be written"): train(NANO, tc, text_corpus, out=ro / "run", progress=False, callback=calls.append)
+    finally: ro.chmod(0o700)
+    assert calls == []  # no step ran
+    assert check_run_folder(tmp_path / "new" / "run").is_dir()
 
 
 def run_cli(*args, timeout=300):
