@@ -337,25 +337,28 @@ def _checkpoint_dir(path: str) -> Path:
     if (p / "config.json").is_file(): return p
     raise FileNotFoundError(f"{p} holds no checkpoint (expected config.json in it or in {p / 'checkpoint'})")
 
-def _cmd_train_chunk_parallel(a, config: MegalodonConfig) -> int:
-    "The time-parallel path (notebook 13): every process of a torchrun job trains its segment of each sequence."
+def _cmd_train_chunk_parallel(a, config: MegalodonConfig | None) -> int:
+    "The time-parallel path (notebook 13): every process of a torchrun job trains its segment of each sequence, and rank 0 checkpoints."
     from megalodon_lit.parallel import chunk_parallel_train, init_distributed
     import torch.distributed as dist
     if "WORLD_SIZE" not in os.environ: raise ValueError("--chunk-parallel needs a torchrun launch: torchrun --standalone --nproc-per-node N $(which megalodon-lit) train --chunk-parallel N ...")
-    if a.resume or a.grad_accum != 1: raise ValueError("--chunk-parallel does not support --resume or --grad-accum yet")
+    if a.grad_accum != 1: raise ValueError("--chunk-parallel does not support --grad-accum yet")
     if a.corpus is not None and not Path(a.corpus).is_file(): raise ValueError("--chunk-parallel reads one corpus file; give --corpus FILE")
     init_distributed()
     try:
-        losses = chunk_parallel_train(config, a.corpus, a.steps, a.seq_len, a.batch_size, a.chunk_parallel, a.lr, a.seed)
-        if dist.get_rank() == 0: print(f"chunk-parallel training done: {len(losses)} steps, last loss {losses[-1]:.4f}")
+        losses = chunk_parallel_train(config, a.corpus, a.steps, a.seq_len, a.batch_size, a.chunk_parallel, a.lr, a.seed,
+                                      out=a.out, save_every=a.save_every, resume=a.resume, overwrite=a.overwrite)
+        if dist.get_rank() == 0:
+            print(f"chunk-parallel training done: {len(losses)} steps{f', last loss {losses[-1]:.4f}' if losses else ''}; "
+                  f"checkpoint {Path(a.out) / 'checkpoint'}")
     finally:
         dist.destroy_process_group()
     return 0
 
 def _cmd_train(a) -> int:
     over = {} if a.attention_chunks is None else {"attention_chunks": a.attention_chunks}
-    if a.chunk_parallel is not None: return _cmd_train_chunk_parallel(a, MegalodonConfig.from_preset(a.preset or "tiny", **over))
     config = None if (a.resume and a.preset is None and not over) else MegalodonConfig.from_preset(a.preset or "tiny", **over)
+    if a.chunk_parallel is not None: return _cmd_train_chunk_parallel(a, config)
     tc = TrainConfig(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, grad_accum=a.grad_accum, lr=a.lr, warmup=a.warmup,
                      eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, autocast=a.autocast, max_minutes=a.max_minutes,
                      compile=a.compile)

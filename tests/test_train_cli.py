@@ -302,13 +302,23 @@ def test_cli_bench_end_to_end_parts(tmp_path):
 
 
 def test_cli_train_chunk_parallel_under_torchrun(tmp_path, text_corpus):
-    "`megalodon-lit train --chunk-parallel 2` launched by torchrun: two gloo processes share each sequence."
+    "`megalodon-lit train --chunk-parallel 2` launched by torchrun: two gloo processes share each sequence, checkpoint and resume exactly."
     corpus = text_corpus / "decoder.py"
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    r = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", CLI[0], "train", "--chunk-parallel", "2", "--preset", "nano",
-                        "--corpus", str(corpus), "--steps", "3", "--seq-len", "64", "--batch-size", "2"],
-                       capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    def launch(out, *extra):
+        return subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", CLI[0], "train", "--chunk-parallel", "2", "--preset", "nano",
+                               "--corpus", str(corpus), "--seq-len", "64", "--batch-size", "2", "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = launch(tmp_path / "a", "--steps", "3", "--save-every", "2")
     assert r.returncode == 0 and "chunk-parallel training done: 3 steps" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
     assert "cp=2" in r.stdout
+    first = json.loads((tmp_path / "a" / "checkpoint" / "trainer.json").read_text())
+    assert first["step"] == 3 and len(first["history"]["loss"]) == 3
+    r = launch(tmp_path / "a", "--steps", "5", "--resume")
+    assert r.returncode == 0 and "chunk-parallel training done: 2 steps" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+    r = launch(tmp_path / "b", "--steps", "5")  # the same five steps without a break
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed, whole = (json.loads((tmp_path / d / "checkpoint" / "trainer.json").read_text())["history"]["loss"] for d in "ab")
+    assert len(whole) == 5 and resumed == whole
     r = run_cli("train", "--chunk-parallel", "2", "--steps", "1")
     assert r.returncode == 2 and "torchrun" in r.stderr
