@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from _subproc import kill_group, popen, run
 from megalodon_lit.core import rel_err
 from megalodon_lit.model import MegalodonConfig, MegalodonForCausalLM
 
@@ -106,19 +107,20 @@ def launch(n, out_dir, wait_s=120, wait_for=None):
     "Start n ranks; return (exit codes, seconds each took, stderr) once the ranks `wait_for` (default all) have exited or `wait_s` has passed; kill the rest."
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(n), OMP_NUM_THREADS="1")
     t0, procs = time.perf_counter(), []
-    for r in range(n):
-        procs.append(subprocess.Popen([sys.executable, __file__, "worker", str(out_dir)],
-                                      env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     codes, seconds, errs = [None] * n, [None] * n, [""] * n
     wait_for = range(n) if wait_for is None else wait_for
-    while time.perf_counter() - t0 < wait_s and any(codes[r] is None for r in wait_for):
-        for r, p in enumerate(procs):
-            if codes[r] is None and p.poll() is not None:
-                codes[r], seconds[r] = p.returncode, time.perf_counter() - t0
-        time.sleep(0.05)
-    for r, p in enumerate(procs):
-        if p.poll() is None: p.kill()
-        errs[r] = p.communicate()[1]
+    try:
+        for r in range(n):
+            procs.append(popen([sys.executable, __file__, "worker", str(out_dir)],
+                               env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        while time.perf_counter() - t0 < wait_s and any(codes[r] is None for r in wait_for):
+            for r, p in enumerate(procs):
+                if codes[r] is None and p.poll() is not None:
+                    codes[r], seconds[r] = p.returncode, time.perf_counter() - t0
+            time.sleep(0.05)
+    finally:  # no rank outlives the test, whatever happened above
+        for p in procs: kill_group(p)
+    errs = [p.stderr.read() for p in procs]
     return codes, seconds, errs
 
 
@@ -175,7 +177,7 @@ def test_torchrun_trains_a_few_steps(tmp_path):
     cmd = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
     cmd += ["--standalone", "--nproc-per-node", "2", "-m", "megalodon_lit.parallel", "--preset", "nano", "--steps", "3",
             "--seq-len", "128", "--timeout", "60"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    p = run(cmd, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert p.returncode == 0, p.stderr[-3000:]
     losses = [float(x) for x in re.findall(r"step \d/3  loss ([0-9.]+)", p.stdout)]
     assert len(losses) == 3, p.stdout

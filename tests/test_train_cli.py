@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _subproc import kill_group, popen, run
 from megalodon_lit.data import (batch_at, check_fits, corpus_files, decode, encode, eval_windows, read_corpus,
                                 unigram_entropy)
 from megalodon_lit.model import MegalodonConfig
@@ -218,8 +219,7 @@ def test_unusable_out_fails_before_the_first_step(tmp_path, text_corpus):
 
 
 def run_cli(*args, timeout=300):
-    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return run(CLI + list(args), timeout=timeout, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.parametrize("cmd", [[], ["demo"], ["train"], ["generate"], ["verify"], ["bench"], ["info"]])
@@ -252,18 +252,23 @@ def test_cli_train_resume_generate_info(tmp_path, text_corpus):
 
 
 def test_cli_ctrl_c_saves_and_resumes(tmp_path, text_corpus):
-    "A real SIGINT during `megalodon-lit train`: exit status 130, a checkpoint, and --resume finishes the run."
+    """A real SIGINT during `megalodon-lit train`: exit status 130, a checkpoint, and --resume finishes the run. pytest is started here
+    as a background shell job would start it, with SIGINT ignored: the child must still get SIGINT at its default, and never outlive the test."""
     out = tmp_path / "run"
     args = ["--preset", "nano", "--corpus", str(text_corpus), "--out", str(out), "--batch-size", "4", "--seq-len", "48",
             "--eval-every", "50", "--save-every", "1", "--no-progress"]
-    p = subprocess.Popen(CLI + ["train", *args, "--steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 240
-    while not (out / "checkpoint" / "trainer.json").exists() and time.time() < deadline and p.poll() is None: time.sleep(0.2)
-    assert p.poll() is None, p.communicate()
-    time.sleep(1.0)
-    p.send_signal(signal.SIGINT)
-    stdout, stderr = p.communicate(timeout=120)
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a non-interactive shell does to its jobs
+    try: p = popen(CLI + ["train", *args, "--steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                   cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally: signal.signal(signal.SIGINT, ignored)
+    try:
+        deadline = time.time() + 240
+        while not (out / "checkpoint" / "trainer.json").exists() and time.time() < deadline and p.poll() is None: time.sleep(0.2)
+        assert p.poll() is None, p.communicate()
+        time.sleep(1.0)
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=60)
+    finally: kill_group(p)
     assert p.returncode == 130, (stdout, stderr)
     done = json.loads((out / "checkpoint" / "trainer.json").read_text())["step"]
     assert done >= 1 and "resumable checkpoint" in stdout
@@ -306,9 +311,9 @@ def test_cli_train_chunk_parallel_under_torchrun(tmp_path, text_corpus):
     corpus = text_corpus / "decoder.py"
     torchrun = str(Path(sys.executable).parent / "torchrun")
     def launch(out, *extra):
-        return subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", CLI[0], "train", "--chunk-parallel", "2", "--preset", "nano",
-                               "--corpus", str(corpus), "--seq-len", "64", "--batch-size", "2", "--out", str(out), *extra],
-                              capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return run([torchrun, "--standalone", "--nproc-per-node", "2", CLI[0], "train", "--chunk-parallel", "2", "--preset", "nano",
+                    "--corpus", str(corpus), "--seq-len", "64", "--batch-size", "2", "--out", str(out), *extra],
+                   timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     r = launch(tmp_path / "a", "--steps", "3", "--save-every", "2")
     assert r.returncode == 0 and "chunk-parallel training done: 3 steps" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
     assert "cp=2" in r.stdout
