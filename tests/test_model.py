@@ -199,6 +199,24 @@ def test_config_json_must_name_every_field(tmp_path):
     with pytest.raises(ValueError, match="config.json is not valid JSON"): MegalodonForCausalLM.from_pretrained(tmp_path)
 
 
+def test_non_finite_values_are_refused_for_the_whole_call():
+    """A nan reaching a layer at position 100 made logits nan from position 64 (0·nan inside the chunk) and poisoned its row's stream:
+    now the call raises before computing anything, and the cache it was given still works for every row."""
+    seed_everything(0)
+    model = MegalodonForCausalLM(MegalodonConfig.from_preset("tiny")).eval()
+    ids = torch.randint(0, 200, (2, 128)); ids[1, 100] = 255
+    with torch.no_grad():
+        cache = model(ids[:, :50], use_cache=True).cache
+        before = [t.clone() for t in cache.tensors()]
+        model.embed.weight[255, 3] = float("nan")  # a weight gone bad in memory: the token reaches layer 0 as a nan
+        with pytest.raises(ValueError, match="x has non-finite values"): model(ids)
+        with pytest.raises(ValueError, match="x has non-finite values"): model(ids[:, 50:], cache=cache)
+        assert all(torch.equal(a, b) for a, b in zip(before, cache.tensors()))
+        ok = ids.clone(); ok[1, 100] = 7
+        out = model(ok[:, 50:], cache=cache)
+        assert torch.isfinite(out.logits).all()
+
+
 def spec_keys(c: MegalodonConfig) -> dict:
     "Upstream's keys and shapes, written out from upstream-spec §1.1, §2.1, §3.1, §4.1, §4.4 (independent of our modules)."
     D, Z, E, F_, N, G, V = c.model_dim, c.z_dim, c.value_dim, c.ffn_hidden_dim, c.cema_ndim, c.norm_num_groups, c.vocab_size
