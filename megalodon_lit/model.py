@@ -190,6 +190,7 @@ def _check_ids(name: str, ids, vocab_size: int, allow_ignore: bool = False):
     if ids.dim() != 2: raise ValueError(f"{name} must have shape [B, L], got {list(ids.shape)}")
     if ids.shape[0] == 0 or ids.shape[1] == 0: raise ValueError(f"{name} is empty (shape {list(ids.shape)}); give at least one token per row")
     if torch.compiler.is_compiling(): return  # value checks run eagerly only (core: `check_values`)
+    ids = ids.long()  # compared in uint8 or int8, `ids < 256` wraps and refuses valid ids
     valid = (ids >= 0) & (ids < vocab_size)
     if allow_ignore: valid |= ids == -100
     if not bool(valid.all()):
@@ -258,7 +259,7 @@ def _forward(self: MegalodonForCausalLM,
     "Logits for every position; with a cache, continue a stream exactly where it stopped."
     _check_call(self, input_ids, labels, cache)
     c = self.config
-    x = self.embed(input_ids)
+    x = self.embed(input_ids.long())  # any integer dtype (the embedding and the loss take int64)
     if c.scale_emb: x = x * math.sqrt(c.model_dim)
     x = F.dropout(x, c.dropout, self.training)
     keep = use_cache or cache is not None
@@ -268,7 +269,7 @@ def _forward(self: MegalodonForCausalLM,
         states.append(state)
     y, final = self.output.final_norm(x, None if cache is None else cache.final)
     logits = self.output.output(y).float()
-    loss = None if labels is None else causal_lm_loss(logits, labels)
+    loss = None if labels is None else causal_lm_loss(logits, labels.long())
     new = MegalodonCache(states, final, logits[:, -1].detach(), self._signature()) if keep else None
     return MegalodonOutput(logits, loss, new)
 

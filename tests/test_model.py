@@ -217,6 +217,21 @@ def test_non_finite_values_are_refused_for_the_whole_call():
         assert torch.isfinite(out.logits).all()
 
 
+def test_small_integer_id_dtypes():
+    "uint8/int8 ids were refused with a false message ('outside [0, 256): min 104, max 105'): `ids < 256` wraps in those dtypes."
+    seed_everything(0)
+    model = MegalodonForCausalLM(MegalodonConfig.from_preset("nano")).eval()
+    ids = torch.tensor([[104, 105, 32, 10]])
+    with torch.no_grad():
+        ref = model(ids, labels=ids)
+        for dt in (torch.uint8, torch.int16, torch.int32):
+            out = model(ids.to(dt), labels=ids.to(dt))
+            assert torch.equal(out.logits, ref.logits) and torch.equal(out.loss, ref.loss), dt
+        small = torch.tensor([[104, 105, 32, 10]], dtype=torch.int8)
+        assert torch.equal(model(small).logits, ref.logits)
+        with pytest.raises(ValueError, match="min -3, max -3"): model(torch.tensor([[5, -3]], dtype=torch.int8))
+
+
 def spec_keys(c: MegalodonConfig) -> dict:
     "Upstream's keys and shapes, written out from upstream-spec §1.1, §2.1, §3.1, §4.1, §4.4 (independent of our modules)."
     D, Z, E, F_, N, G, V = c.model_dim, c.z_dim, c.value_dim, c.ffn_hidden_dim, c.cema_ndim, c.norm_num_groups, c.vocab_size
