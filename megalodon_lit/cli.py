@@ -370,7 +370,7 @@ def _cmd_train(a) -> int:
     last = bits_per_byte(res.history["val_loss"][-1]) if res.history["val_loss"] else float("nan")
     print(f"steps {res.history['step'][-1] if res.history['step'] else 0}/{tc.steps}; held-out {last:.3f} bits/byte "
           f"(unigram entropy {res.unigram_bits:.3f}); checkpoint {res.out / 'checkpoint'}; loss curve {plot}")
-    return 130 if res.interrupted and tc.max_minutes is None else 0  # 130: stopped by Ctrl-C (the checkpoint is saved)
+    return {"SIGINT": 130, "SIGTERM": 143}.get(res.stopped_by, 0)  # 128 + the signal's number, as a shell reports it (the checkpoint is saved)
 
 def _cmd_bench(a) -> int:
     from megalodon_lit.bench import load_results, run_benchmarks, save_results

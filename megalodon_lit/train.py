@@ -7,7 +7,8 @@ Docs: https://megalodon-lit.github.io/megalodon-lit/train.html.md"""
 # %% ../nbs/07_train.ipynb #21cd9405
 from __future__ import annotations
 
-import hashlib, json, math, os, shutil, time
+import hashlib, json, math, os, shutil, signal, threading, time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -16,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import seed_everything
+from .core import NonFiniteError, seed_everything
 from .data import Corpus, batch_at, bits_per_byte, check_fits, decode, encode, eval_windows, read_corpus, unigram_entropy
 from .model import MegalodonConfig, MegalodonForCausalLM, load_tensors, read_config, save_tensors
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FILES', 'RESUME_FIXED', 'TrainConfig', 'lr_at', 'TrainingDiverged', 'check_run_folder',
-           'recover_checkpoint', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'evaluate', 'train',
+           'recover_checkpoint', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'evaluate', 'Terminated', 'train',
            'plot_history', 'stream_sample']
 
 # %% ../nbs/07_train.ipynb #d80ec594
@@ -179,8 +180,9 @@ class TrainResult:
     model: MegalodonForCausalLM
     history: dict # step, loss, lr, tokens, elapsed; val_step, val_loss (nats)
     out: Path # the run folder (checkpoint/ inside)
-    interrupted: bool = False # stopped by Ctrl-C or max_minutes before the last step
+    interrupted: bool = False # stopped by Ctrl-C, SIGTERM or max_minutes before the last step
     unigram_bits: float = float("nan") # byte unigram entropy of the held-out text
+    stopped_by: str | None = None # "SIGINT", "SIGTERM" or "max_minutes" when interrupted
 
     @property
     def best_val_bits(self) -> float: return bits_per_byte(min(self.history["val_loss"])) if self.history["val_loss"] else float("nan")
@@ -202,6 +204,28 @@ def evaluate(model: MegalodonForCausalLM, batches: list[tuple[Tensor, Tensor]], 
     return total / len(batches)
 
 # %% ../nbs/07_train.ipynb #c15072ee
+class Terminated(KeyboardInterrupt):
+    "SIGTERM (what `kill`, systemd, Slurm and container runtimes send) during `train`: handled as Ctrl-C is."
+
+def _raise_terminated(signum, frame): raise Terminated()
+
+@contextmanager
+def _sigterm_as_interrupt():
+    "Inside the block SIGTERM raises `Terminated` (only the main thread can set signal handlers; elsewhere nothing changes)."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try: yield
+    finally: signal.signal(signal.SIGTERM, old)
+
+@contextmanager
+def _signals_ignored():
+    "Inside the block SIGINT and SIGTERM are ignored: the final save completes however often the user presses Ctrl-C."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    old = [(s, signal.signal(s, signal.SIG_IGN)) for s in (signal.SIGINT, signal.SIGTERM)]
+    try: yield
+    finally:
+        for s, h in old: signal.signal(s, h)
+
 def _all_finite(tensors) -> bool:
     "True when no tensor holds a nan or an inf (one device read for all of them)."
     flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
@@ -276,41 +300,47 @@ def train(model_config: MegalodonConfig | None, # None: take it from the checkpo
     done, interrupted, t0, saved = start, False, time.perf_counter(), (start if resume else None)
     elapsed0 = history["elapsed"][-1] if history["elapsed"] else 0.0
     bar = tqdm(total=tc.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
-    try:
-        for step in range(start, tc.steps):
-            lr = lr_at(step, tc)
-            for group in opt.param_groups: group["lr"] = lr
-            loss_sum = 0.0
-            for micro in range(tc.grad_accum):
-                x, y = batch_at(train_bytes, step * tc.grad_accum + micro, tc.batch_size, tc.seq_len, tc.seed)
-                with _autocast(tc.autocast, device): logits = step_model(x.to(device)).logits
-                loss = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten()) / tc.grad_accum
-                loss.backward(); loss_sum += loss.item()
-            gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip))
-            if not (math.isfinite(loss_sum) and math.isfinite(gnorm)): _diverged(step + 1, f"loss {loss_sum:.4g}, gradient norm {gnorm:.4g}", lr, ckpt, saved)
-            opt.step(); opt.zero_grad(set_to_none=True)
-            if not _all_finite(model.parameters()): _diverged(step + 1, f"the weights became non-finite after the update (loss {loss_sum:.4g}, gradient norm {gnorm:.4g})", lr, ckpt, saved)
-            done = step + 1
-            elapsed = elapsed0 + time.perf_counter() - t0
-            for k, v in (("step", done), ("loss", loss_sum), ("lr", lr), ("tokens", done * tokens_per_step), ("elapsed", elapsed)): history[k].append(v)
-            if done % tc.eval_every == 0 or done == tc.steps:
-                history["val_step"].append(done); history["val_loss"].append(evaluate(model, val_batches, tc))
-            bar.set_postfix(loss=f"{loss_sum:.3f}", val_bpb=f"{bits_per_byte(history['val_loss'][-1]):.2f}" if history["val_loss"] else "-",
-                            tok_s=f"{(done - start) * tokens_per_step / max(1e-9, time.perf_counter() - t0):,.0f}")
-            bar.update(1)
-            if done % tc.save_every == 0 and done < tc.steps: save_checkpoint(ckpt, model, opt, done, tc, history, corpus.source, digest); saved = done
-            if callback is not None: callback(done, history)
-            if tc.max_minutes is not None and elapsed > 60 * tc.max_minutes and done < tc.steps:
-                log(f"\nstopping after {elapsed / 60:.1f} minutes (max_minutes={tc.max_minutes}) at step {done}")
-                interrupted = True; break
-    except KeyboardInterrupt:
-        interrupted = True
-        log(f"\ninterrupted after step {done}; saving a resumable checkpoint")
-    finally:
-        bar.close()
-    save_checkpoint(ckpt, model, opt, done, tc, history, corpus.source, digest)
+    stopped_by = None
+    with _sigterm_as_interrupt():
+        try:
+            for step in range(start, tc.steps):
+                lr = lr_at(step, tc)
+                for group in opt.param_groups: group["lr"] = lr
+                loss_sum = 0.0
+                for micro in range(tc.grad_accum):
+                    x, y = batch_at(train_bytes, step * tc.grad_accum + micro, tc.batch_size, tc.seq_len, tc.seed)
+                    try:
+                        with _autocast(tc.autocast, device): logits = step_model(x.to(device)).logits
+                    except NonFiniteError as e:  # finite weights, valid bytes: an activation overflowed
+                        last = f"{history['loss'][-1]:.4g}" if history["loss"] else "none yet"
+                        _diverged(step + 1, f"non-finite activations in the forward ({e}; loss of the step before: {last})", lr, ckpt, saved)
+                    loss = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten()) / tc.grad_accum
+                    loss.backward(); loss_sum += loss.item()
+                gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip))
+                if not (math.isfinite(loss_sum) and math.isfinite(gnorm)): _diverged(step + 1, f"loss {loss_sum:.4g}, gradient norm {gnorm:.4g}", lr, ckpt, saved)
+                opt.step(); opt.zero_grad(set_to_none=True)
+                if not _all_finite(model.parameters()): _diverged(step + 1, f"the weights became non-finite after the update (loss {loss_sum:.4g}, gradient norm {gnorm:.4g})", lr, ckpt, saved)
+                done = step + 1
+                elapsed = elapsed0 + time.perf_counter() - t0
+                for k, v in (("step", done), ("loss", loss_sum), ("lr", lr), ("tokens", done * tokens_per_step), ("elapsed", elapsed)): history[k].append(v)
+                if done % tc.eval_every == 0 or done == tc.steps:
+                    history["val_step"].append(done); history["val_loss"].append(evaluate(model, val_batches, tc))
+                bar.set_postfix(loss=f"{loss_sum:.3f}", val_bpb=f"{bits_per_byte(history['val_loss'][-1]):.2f}" if history["val_loss"] else "-",
+                                tok_s=f"{(done - start) * tokens_per_step / max(1e-9, time.perf_counter() - t0):,.0f}")
+                bar.update(1)
+                if done % tc.save_every == 0 and done < tc.steps: save_checkpoint(ckpt, model, opt, done, tc, history, corpus.source, digest); saved = done
+                if callback is not None: callback(done, history)
+                if tc.max_minutes is not None and elapsed > 60 * tc.max_minutes and done < tc.steps:
+                    log(f"\nstopping after {elapsed / 60:.1f} minutes (max_minutes={tc.max_minutes}) at step {done}")
+                    interrupted, stopped_by = True, "max_minutes"; break
+        except KeyboardInterrupt as e:
+            interrupted, stopped_by = True, "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+            log(f"\n{'terminated (SIGTERM)' if stopped_by == 'SIGTERM' else 'interrupted'} after step {done}; saving a resumable checkpoint")
+        finally:
+            bar.close()
+        with _signals_ignored(): save_checkpoint(ckpt, model, opt, done, tc, history, corpus.source, digest)  # a second Ctrl-C cannot cut it short
     if interrupted: log(f"checkpoint at step {done} in {ckpt}; continue with resume=True (megalodon-lit train --resume --out {out})")
-    return TrainResult(model, history, out, interrupted, unigram_entropy(val_bytes))
+    return TrainResult(model, history, out, interrupted, unigram_entropy(val_bytes), stopped_by)
 
 # %% ../nbs/07_train.ipynb #01f07761
 def plot_history(history: dict, # from `train`
