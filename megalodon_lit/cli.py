@@ -357,7 +357,10 @@ def _cmd_train_chunk_parallel(a, config: MegalodonConfig | None) -> int:
 
 def _cmd_train(a) -> int:
     over = {} if a.attention_chunks is None else {"attention_chunks": a.attention_chunks}
-    config = None if (a.resume and a.preset is None and not over) else MegalodonConfig.from_preset(a.preset or "tiny", **over)
+    saved = Path(a.out) / "checkpoint" / "config.json"
+    if a.resume and a.preset is None:  # the checkpoint's configuration, with only the fields given here changed
+        config = (replace(read_config(saved), **over) if saved.is_file() else None) if over else None
+    else: config = MegalodonConfig.from_preset(a.preset or "tiny", **over)
     if a.chunk_parallel is not None: return _cmd_train_chunk_parallel(a, config)
     tc = TrainConfig(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, grad_accum=a.grad_accum, lr=a.lr, warmup=a.warmup,
                      eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, autocast=a.autocast, max_minutes=a.max_minutes,

@@ -63,14 +63,18 @@ class MegalodonConfig:
             v = getattr(self, f.name)
             if f.type in ("int", int) and (isinstance(v, bool) or not isinstance(v, int) or v < 1): raise ValueError(f"{f.name} must be an int >= 1, got {v!r}")
             if f.type in ("bool", bool) and not isinstance(v, bool): raise TypeError(f"{f.name} must be True or False, got {v!r}")
+            if f.type in ("float", float) and (isinstance(v, bool) or not isinstance(v, (int, float))): raise TypeError(f"{f.name} must be a number, got {v!r}")
+            if f.type == "float | None" and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))): raise TypeError(f"{f.name} must be a number or None, got {v!r}")
+            if f.type in ("str", str) and not isinstance(v, str): raise TypeError(f"{f.name} must be a string, got {v!r}")
         for name in ("dropout", "attention_dropout", "hidden_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0: raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.model_dim % self.norm_num_groups: raise ValueError(f"norm_num_groups ({self.norm_num_groups}) must divide model_dim ({self.model_dim})")
         for name in ("z_dim", "value_dim"):
             if getattr(self, name) % self.num_heads: raise ValueError(f"{name} ({getattr(self, name)}) must be divisible by num_heads ({self.num_heads})")
         if (self.z_dim // self.num_heads) % 2: raise ValueError(f"the per-head q/k width z_dim/num_heads = {self.z_dim // self.num_heads} must be even (RoPE rotates pairs)")
-        if not self.norm_eps > 0: raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
-        if self.rope_base is not None and not self.rope_base > 0: raise ValueError(f"rope_base must be > 0 or None, got {self.rope_base!r}")
+        # an infinite eps makes every normalised activation 0: identical logits for every input
+        if not 0 < self.norm_eps < math.inf: raise ValueError(f"norm_eps must be finite and > 0, got {self.norm_eps!r}")
+        if self.rope_base is not None and not 0 < self.rope_base < math.inf: raise ValueError(f"rope_base must be finite and > 0 or None, got {self.rope_base!r}")
         if self.init_mode not in INIT_MODES: raise ValueError(f"init_mode must be one of {INIT_MODES}, got {self.init_mode!r}")
         if self.backend not in BACKENDS: raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         return self

@@ -195,6 +195,9 @@ def test_config_json_must_name_every_field(tmp_path):
     d = json.loads((tmp_path / "config.json").read_text()); del d["chunk_size"]
     (tmp_path / "config.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match=r"config.json lacks the config field\(s\) chunk_size"): MegalodonForCausalLM.from_pretrained(tmp_path)
+    d["chunk_size"] = 16; d["norm_eps"] = "1e-5"
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    with pytest.raises(TypeError, match=r"config.json: norm_eps must be a number, got '1e-5'"): MegalodonForCausalLM.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json is not valid JSON"): MegalodonForCausalLM.from_pretrained(tmp_path)
 
@@ -301,7 +304,11 @@ def test_config_validation_messages():
              (dict(norm_num_groups=3), "must divide model_dim"), (dict(num_heads=3), "divisible by num_heads"),
              (dict(z_dim=6, num_heads=2), "must be even"), (dict(attention_dropout=-0.1), "attention_dropout"),
              (dict(init_mode="kaiming"), "init_mode"), (dict(backend="cuda"), "backend"), (dict(swiglu=1), "swiglu must be True or False"),
-             (dict(norm_eps=0.0), "norm_eps"), (dict(rope_base=-1.0), "rope_base"), (dict(attention_chunks=0), "attention_chunks")]
+             (dict(norm_eps=0.0), "norm_eps"), (dict(rope_base=-1.0), "rope_base"), (dict(attention_chunks=0), "attention_chunks"),
+             # values a hand-edited config.json may hold: each named, never a bare "'>' not supported between 'str' and 'int'"
+             (dict(norm_eps="1e-5"), "norm_eps must be a number"), (dict(dropout="0.1"), "dropout must be a number"),
+             (dict(rope_base="big"), "rope_base must be a number or None"), (dict(init_mode=3), "init_mode must be a string"),
+             (dict(norm_eps=float("inf")), "norm_eps must be finite"), (dict(rope_base=float("inf")), "rope_base must be finite")]
     for kw, msg in cases:
         with pytest.raises((ValueError, TypeError), match=msg): MegalodonConfig(**kw)
     with pytest.raises(ValueError, match="unknown preset"): MegalodonConfig.from_preset("mega2B")

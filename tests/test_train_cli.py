@@ -237,6 +237,8 @@ def test_cli_train_resume_generate_info(tmp_path, text_corpus):
     assert r.returncode == 2 and "--resume" in r.stderr  # refuses to overwrite a run
     r = run_cli("train", *common, "--steps", "8", "--resume", "--seed", "3")
     assert r.returncode == 2 and "seed: checkpoint 0, now 3" in r.stderr and "--allow-change seed" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    r = run_cli("train", *common[2:], "--steps", "8", "--resume", "--attention-chunks", "2")  # no --preset: only the field given differs
+    assert r.returncode == 2 and "(attention_chunks: checkpoint 1 vs requested 2)" in r.stderr, r.stderr
     r = run_cli("train", "--corpus", str(text_corpus), "--out", str(tmp_path / "run"), "--steps", "10", "--resume", "--no-progress",
                 "--batch-size", "4", "--seq-len", "48", "--eval-every", "4")  # no --preset: the checkpoint's configuration
     assert r.returncode == 0 and "steps 10/10" in r.stdout, r.stderr
