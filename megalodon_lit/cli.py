@@ -337,6 +337,19 @@ def _checkpoint_dir(path: str) -> Path:
     if (p / "config.json").is_file(): return p
     raise FileNotFoundError(f"{p} holds no checkpoint (expected config.json in it or in {p / 'checkpoint'})")
 
+def _check_args(a):
+    "Refuse nonsense arguments in one line each, before anything starts (they used to surface as tracebacks from deep inside)."
+    dev = getattr(a, "device", None)
+    if dev is not None:
+        try: d = torch.device(dev)
+        except RuntimeError: raise ValueError(f"--device {dev!r} is not a device; use cpu, cuda or cuda:N") from None
+        if d.type == "cuda" and not torch.cuda.is_available(): raise ValueError(f"--device {dev}: CUDA is not available on this machine (torch {torch.__version__})")
+        if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count(): raise ValueError(f"--device {dev}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if d.type not in ("cpu", "cuda"): raise ValueError(f"--device {dev}: only cpu and cuda are supported")
+    if getattr(a, "threads", None) is not None and a.threads < 1: raise ValueError(f"--threads must be >= 1, got {a.threads}")
+    if getattr(a, "chunk_parallel", None) is not None and a.chunk_parallel < 1: raise ValueError(f"--chunk-parallel must be >= 1, got {a.chunk_parallel}")
+    if getattr(a, "max_bytes", 1) < 1: raise ValueError(f"--max-bytes must be >= 1, got {a.max_bytes}")
+
 def _cmd_train_chunk_parallel(a, config: MegalodonConfig | None) -> int:
     "The time-parallel path (notebook 13): every process of a torchrun job trains its segment of each sequence, and rank 0 checkpoints."
     from megalodon_lit.parallel import chunk_parallel_train, init_distributed
@@ -361,10 +374,11 @@ def _cmd_train(a) -> int:
     if a.resume and a.preset is None:  # the checkpoint's configuration, with only the fields given here changed
         config = (replace(read_config(saved), **over) if saved.is_file() else None) if over else None
     else: config = MegalodonConfig.from_preset(a.preset or "tiny", **over)
-    if a.chunk_parallel is not None: return _cmd_train_chunk_parallel(a, config)
+    # built on every path, chunk-parallel included: its checks name a bad --steps, --batch-size, --lr ... before any process starts
     tc = TrainConfig(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, grad_accum=a.grad_accum, lr=a.lr, warmup=a.warmup,
                      eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, autocast=a.autocast, max_minutes=a.max_minutes,
                      compile=a.compile)
+    if a.chunk_parallel is not None: return _cmd_train_chunk_parallel(a, config)
     corpus = read_corpus(a.corpus, a.max_bytes)
     print(f"corpus: {len(corpus):,} bytes from {corpus.files} file(s) of {corpus.source}")
     allow = tuple(n.strip().replace("-", "_") for n in a.allow_change.split(",") if n.strip())
@@ -393,7 +407,10 @@ def _cmd_bench(a) -> int:
     return 0
 
 def _cmd_generate(a) -> int:
-    model = MegalodonForCausalLM.from_pretrained(_checkpoint_dir(a.checkpoint), device=a.device).eval()
+    d = _checkpoint_dir(a.checkpoint)
+    V = read_config(d / "config.json").vocab_size
+    if V != 256: raise ValueError(f"{d}: vocab_size is {V}; generate prints bytes, so it needs a byte-level model (vocab_size 256)")
+    model = MegalodonForCausalLM.from_pretrained(d, device=a.device).eval()
     prompt = a.prompt or "\n"
     print(a.prompt, end="", flush=True)
     stream_sample(model, prompt, a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
@@ -406,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     a = ap.parse_args(argv)
     try:
+        _check_args(a)
         if a.command == "demo": run_demo(a.out, a.minutes, a.preset, seed=a.seed, threads=a.threads)
         elif a.command == "train": return _cmd_train(a)
         elif a.command == "generate": return _cmd_generate(a)
@@ -424,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megalodon-lit {a.command}: error: {e}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
+        print(f"megalodon-lit {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader went away (`megalodon-lit generate ... | head`): stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush of stdout cannot fail again
+        return 141  # 128 + SIGPIPE
+    except OSError as e:  # e.g. a permission error on a path given on the command line
         print(f"megalodon-lit {a.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

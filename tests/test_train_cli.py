@@ -245,6 +245,14 @@ def test_cli_train_resume_generate_info(tmp_path, text_corpus):
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0
     r = run_cli("generate", str(tmp_path / "run"), "--prompt", "def ", "--max-new-tokens", "30", "--temperature", "0")
     assert r.returncode == 0 and r.stdout.startswith("def ") and len(r.stdout.encode()) >= 4 + 20, r.stderr
+    # a reader that stops early (`| head -c 5`): no traceback, exit status 141 (128 + SIGPIPE) as a shell tool
+    p = popen(CLI + ["generate", str(tmp_path / "run"), "--max-new-tokens", "100000", "--temperature", "0"], stdout=subprocess.PIPE,
+              stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        head = p.stdout.read(5); p.stdout.close()
+        err = p.stderr.read().decode(); p.wait(timeout=120)
+    finally: kill_group(p)
+    assert len(head) == 5 and p.returncode == 141 and err == "", (p.returncode, err)
     r = run_cli("info", "--checkpoint", str(tmp_path / "run"))
     assert r.returncode == 0 and "total" in r.stdout and "streaming cache per sequence" in r.stdout
     r = run_cli("info", "--preset", "mega7.1B")
@@ -277,6 +285,29 @@ def test_cli_ctrl_c_saves_and_resumes(tmp_path, text_corpus, sig, status, said):
     assert done >= 1 and f"{said} after step {done}; saving a resumable checkpoint" in stdout, stdout
     r = run_cli("train", *args, "--steps", str(done + 3), "--resume")
     assert r.returncode == 0 and f"steps {done + 3}/{done + 3}" in r.stdout, r.stderr
+
+
+def test_cli_bad_arguments_are_one_line(tmp_path, capsys, text_corpus):
+    "Arguments that used to end in a traceback: one line on stderr naming the argument, exit status 2, nothing started."
+    from megalodon_lit.cli import main
+    MegalodonForCausalLM(MegalodonConfig.from_preset("nano", vocab_size=300)).save_pretrained(tmp_path / "v300")
+    cases = [(["train", "--device", "bogus"], "--device 'bogus' is not a device"), (["generate", str(tmp_path / "v300"), "--device", "nope:0"], "is not a device"),
+             (["demo", "--threads", "0"], "--threads must be >= 1"), (["bench", "--threads", "0"], "--threads must be >= 1"),
+             (["train", "--chunk-parallel", "2", "--steps", "-1"], "steps must be an int >= 1, got -1"),
+             (["train", "--chunk-parallel", "2", "--batch-size", "0"], "batch_size must be an int >= 1, got 0"),
+             (["train", "--chunk-parallel", "0"], "--chunk-parallel must be >= 1"), (["train", "--max-bytes", "-5"], "--max-bytes must be >= 1"),
+             (["generate", str(tmp_path / "v300")], "vocab_size is 300; generate prints bytes")]
+    if not torch.cuda.is_available(): cases.append((["train", "--device", "cuda"], "--device cuda: CUDA is not available"))
+    for argv, msg in cases:
+        assert main(argv + ["--out", str(tmp_path / "o")] if argv[0] == "train" else argv) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "o").exists()
+    # a diverging run is not a usage error: one line, exit status 1
+    assert main(["train", "--preset", "nano", "--corpus", str(text_corpus), "--out", str(tmp_path / "div"), "--lr", "100", "--warmup", "1",
+                 "--steps", "30", "--batch-size", "4", "--seq-len", "64", "--save-every", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "error: the run diverged at step" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_cli_verify_and_bench():
