@@ -71,6 +71,7 @@ def read_corpus(source: str | Path | None = None, # file, directory, glob patter
                 max_bytes: int = 16_000_000, # stop reading after this many bytes
                ) -> Corpus:
     "Read a corpus as bytes, skipping binary and unreadable files; a clear error when nothing is left."
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1: raise ValueError(f"max_bytes must be an int >= 1, got {max_bytes!r}")
     chunks, total, used = [], 0, 0
     for f in corpus_files(source):
         try: b = f.read_bytes()

@@ -288,7 +288,9 @@ def sample_next(logits: Tensor, # [B, V] float logits
                ) -> Tensor: # [B] token ids
     "Pick one token per row: greedy, or sampled with temperature, top-k and nucleus (top-p) filtering."
     if temperature == 0: return logits.argmax(-1)
-    logits = logits.float() / temperature
+    # shift the maximum to 0 before dividing: at a tiny temperature (1e-45) the quotient overflows to inf and softmax gives nan
+    logits = logits.float()
+    logits = (logits - logits.max(-1, keepdim=True).values) / temperature
     if top_k is not None:
         kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -309,9 +311,9 @@ class GenerateOutput:
 # %% ../nbs/06_model.ipynb #72c0f8fa
 def _check_sampling(max_new_tokens, temperature, top_k, top_p, eos_token_id, vocab_size):
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0: raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not (isinstance(temperature, (int, float)) and temperature >= 0): raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and 0 <= temperature < math.inf): raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1): raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1: raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1): raise ValueError(f"top_p must be a number in (0, 1] or None, got {top_p!r}")
     if eos_token_id is not None and not 0 <= eos_token_id < vocab_size: raise ValueError(f"eos_token_id must be in [0, {vocab_size}), got {eos_token_id!r}")
 
 @torch.no_grad()

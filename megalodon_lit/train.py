@@ -54,7 +54,16 @@ class TrainConfig:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches", "save_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if not self.lr > 0: raise ValueError(f"lr must be > 0, got {self.lr}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0: raise ValueError(f"warmup must be an int >= 0, got {self.warmup!r}")
+        for name, lo, hi in (("lr", 0, math.inf), ("eps", 0, math.inf), ("clip", 0, math.inf)):  # finite and > 0
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v < hi: raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf): raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.min_lr_ratio, (int, float)) and 0 <= self.min_lr_ratio <= 1): raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 1): raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if len(tuple(self.betas)) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas): raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.max_minutes is not None and (isinstance(self.max_minutes, bool) or not isinstance(self.max_minutes, (int, float)) or not 0 < self.max_minutes < math.inf):
+            raise ValueError(f"max_minutes must be a finite number > 0 or None, got {self.max_minutes!r}")
         if self.autocast not in ("auto", "bf16", "none"): raise ValueError(f"autocast must be 'auto', 'bf16' or 'none', got {self.autocast!r}")
         if not isinstance(self.compile, bool): raise ValueError(f"compile must be True or False, got {self.compile!r}")
         self.betas = tuple(self.betas)

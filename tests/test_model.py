@@ -235,6 +235,21 @@ def test_small_integer_id_dtypes():
         with pytest.raises(ValueError, match="min -3, max -3"): model(torch.tensor([[5, -3]], dtype=torch.int8))
 
 
+def test_sampling_edge_values():
+    "A temperature of 1e-45 failed inside torch.multinomial (logits/T overflowed to inf, softmax nan); a string top_p was accepted."
+    logits = torch.tensor([[0.5, 3.0, -1.0, 2.9], [1.0, 1.0, 0.0, -2.0]])
+    g = torch.Generator().manual_seed(0)
+    tok = sample_next(logits, temperature=1e-45, generator=g)
+    assert tok[0] == 1 and tok[1] in (0, 1)
+    assert sample_next(logits, temperature=1e-45, top_k=2, top_p=0.5, generator=g)[0] == 1
+    model = MegalodonForCausalLM(MegalodonConfig.from_preset("nano")).eval()
+    ids = torch.randint(0, 256, (1, 5))
+    for kw, msg in ((dict(top_p="0.9"), "top_p must be a number"), (dict(temperature=float("inf")), "temperature must be a finite number"),
+                    (dict(temperature=float("nan")), "temperature"), (dict(top_p=True), "top_p")):
+        with pytest.raises(ValueError, match=msg): model.generate(ids, 2, **kw)
+    assert model.generate(ids, 3, temperature=1e-45).new_tokens.shape == (1, 3)
+
+
 def spec_keys(c: MegalodonConfig) -> dict:
     "Upstream's keys and shapes, written out from upstream-spec §1.1, §2.1, §3.1, §4.1, §4.4 (independent of our modules)."
     D, Z, E, F_, N, G, V = c.model_dim, c.z_dim, c.value_dim, c.ffn_hidden_dim, c.cema_ndim, c.norm_num_groups, c.vocab_size

@@ -9,6 +9,7 @@ import json, os, re, socket, subprocess, sys, time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import torch
 
 from _subproc import kill_group, popen, run
@@ -170,6 +171,18 @@ def test_four_ranks_a_2x2_grid_and_a_hung_rank(tmp_path):
     got = ranks[0]["hang"]
     assert got["outcome"] == "ChunkParallelError" and "rank 1" in got["message"], got
     assert 3 <= got["seconds"] < 15, got["seconds"]
+
+
+def test_chunk_parallel_train_refuses_a_sequence_too_short(tmp_path):
+    "--seq-len 1 left no target: the loss was 0/0, reported as 'loss nan', and the run exited 0. Refused up front (one process, gloo)."
+    import torch.distributed as dist
+    from megalodon_lit.parallel import chunk_parallel_train
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(ValueError, match=r"seq_len \(1\) must be at least 2"):
+            chunk_parallel_train(MegalodonConfig.from_preset("nano"), steps=1, seq_len=1, log=None)
+        assert len(chunk_parallel_train(MegalodonConfig.from_preset("nano"), steps=1, seq_len=2, batch_size=1, log=None)) == 1
+    finally: dist.destroy_process_group()
 
 
 def test_torchrun_trains_a_few_steps(tmp_path):

@@ -49,6 +49,7 @@ def test_corpus_sources(tmp_path, text_corpus):
     d = read_corpus(None, max_bytes=200_000)  # the default: this Python's own standard library source
     assert len(d) == 200_000 and d.files >= 1 and all(p.suffix == ".py" for p in corpus_files(None)[:20])
     with pytest.raises(ValueError, match="val_fraction"): c.split(1.5)
+    with pytest.raises(ValueError, match="max_bytes must be an int >= 1, got -5"): read_corpus(text_corpus, max_bytes=-5)
 
 
 def test_unigram_entropy_values():
@@ -75,6 +76,12 @@ def test_schedule():
     assert all(x >= y for x, y in zip(lrs[9:], lrs[10:]))
     with pytest.raises(ValueError, match="steps"): TrainConfig(steps=0)
     with pytest.raises(ValueError, match="autocast"): TrainConfig(autocast="fp16")
+    # nonsense that used to be accepted (lr inf trained on nan; max_minutes 0 or nan never or always stopped)
+    for kw, msg in ((dict(lr=float("inf")), "lr must be a finite number > 0"), (dict(lr=float("nan")), "lr"), (dict(warmup=-5), "warmup must be an int >= 0"),
+                    (dict(max_minutes=0), "max_minutes must be a finite number > 0"), (dict(max_minutes=float("nan")), "max_minutes"),
+                    (dict(clip=0.0), "clip"), (dict(min_lr_ratio=2.0), "min_lr_ratio"), (dict(betas=(0.9, 1.5)), "betas"), (dict(weight_decay=-1.0), "weight_decay")):
+        with pytest.raises(ValueError, match=msg): TrainConfig(**kw)
+    assert TrainConfig(warmup=0).warmup == 0
 
 
 def test_fixed_seed_loss_decreases(tmp_path, text_corpus):
