@@ -52,6 +52,19 @@ def test_corpus_sources(tmp_path, text_corpus):
     with pytest.raises(ValueError, match="max_bytes must be an int >= 1, got -5"): read_corpus(text_corpus, max_bytes=-5)
 
 
+def test_read_corpus_reads_only_what_it_needs(tmp_path):
+    "A 1 GB file under max_bytes=50_000 was read whole (a 3 GB one took 3.4 GB of memory): the peak memory must not grow by the file."
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f: f.write(b"def f(x):\n    return x\n" * 2000); f.truncate(1 << 30)  # sparse: no disk used
+    code = ("import resource, sys; from megalodon_lit.data import read_corpus\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "c = read_corpus(sys.argv[1], max_bytes=50_000)\n"
+            "print(len(c), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
+    r = run([sys.executable, "-c", code, str(big)], timeout=120)
+    n, grew_mb = map(int, r.stdout.split())
+    assert n == 50_000 and grew_mb < 64, (n, grew_mb, r.stderr)
+
+
 def test_unigram_entropy_values():
     assert unigram_entropy(torch.arange(256, dtype=torch.uint8)) == pytest.approx(8.0)
     assert unigram_entropy(encode("aaaa")) == pytest.approx(0.0)
