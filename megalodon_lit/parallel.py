@@ -243,14 +243,23 @@ class ParallelGrid:
     data_index: int # d
     data_size: int # dp
 
+def _default_group_timeout() -> timedelta | None:
+    "The timeout the default process group was created with (None if this torch does not expose it)."
+    try: return dist.group.WORLD._get_backend(torch.device("cuda" if dist.get_backend() == "nccl" else "cpu")).options._timeout
+    except (AttributeError, RuntimeError): return None
+
 def parallel_grid(chunk_parallel: int, # cp, ranks per sequence; must divide the world size
                  ) -> ParallelGrid:
     "Make every data and chunk group with `dist.new_group` (all ranks create all groups, in the same order) and return this rank's."
     world, rank = dist.get_world_size(), dist.get_rank()
     if chunk_parallel < 1 or world % chunk_parallel: raise ValueError(f"chunk_parallel ({chunk_parallel}) must divide the world size ({world})")
     dp, cp = world // chunk_parallel, chunk_parallel
-    chunks = [dist.new_group([d * cp + r for r in range(cp)]) for d in range(dp)]
-    datas = [dist.new_group([d * cp + r for d in range(dp)]) for r in range(cp)]
+    # a new group does not inherit the default group's timeout (torch gives it 30 minutes): without passing it on, a frozen
+    # peer (SIGSTOP, a stalled node) left the others waiting in a receive long after `init_distributed`'s timeout
+    timeout = _default_group_timeout()
+    kw = {} if timeout is None else {"timeout": timeout}
+    chunks = [dist.new_group([d * cp + r for r in range(cp)], **kw) for d in range(dp)]
+    datas = [dist.new_group([d * cp + r for d in range(dp)], **kw) for r in range(cp)]
     d, r = divmod(rank, cp)
     return ParallelGrid(datas[r], ChunkGroup.from_group(chunks[d]), d, dp)
 

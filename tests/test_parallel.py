@@ -5,7 +5,7 @@ the others stop with a clear error within a bounded time, and `torchrun -m megal
 
 Each rank is a subprocess running this file as a script (`python tests/test_parallel.py worker …`); ranks save their
 results with torch.save and the test process computes the single-process reference itself."""
-import json, os, re, socket, subprocess, sys, time
+import json, os, re, signal, socket, subprocess, sys, time
 from datetime import timedelta
 from pathlib import Path
 
@@ -183,6 +183,31 @@ def test_chunk_parallel_train_refuses_a_sequence_too_short(tmp_path):
             chunk_parallel_train(MegalodonConfig.from_preset("nano"), steps=1, seq_len=1, log=None)
         assert len(chunk_parallel_train(MegalodonConfig.from_preset("nano"), steps=1, seq_len=2, batch_size=1, log=None)) == 1
     finally: dist.destroy_process_group()
+
+
+def test_a_frozen_peer_ends_the_job_within_the_timeout(tmp_path):
+    """A rank stopped with SIGSTOP (a stalled node) used to leave the other waiting forever in a receive: the chunk group, made by
+    `parallel_grid`, had torch's 30-minute default instead of the 3 s given to `init_distributed`. Rank 0 must now fail within it."""
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "megalodon_lit.parallel", "--preset", "nano", "--steps", "100000", "--seq-len", "128", "--timeout", "3"]
+    logs = [open(tmp_path / f"rank{r}.log", "w") for r in range(2)]
+    procs = []
+    try:
+        for r in range(2): procs.append(popen(cmd, env=dict(env, RANK=str(r)), stdout=logs[r], stderr=subprocess.STDOUT))
+        deadline = time.time() + 120
+        while "step 3/" not in (tmp_path / "rank0.log").read_text() and time.time() < deadline and procs[0].poll() is None: time.sleep(0.1)
+        assert "step 3/" in (tmp_path / "rank0.log").read_text(), (tmp_path / "rank0.log").read_text()[-2000:]
+        procs[1].send_signal(signal.SIGSTOP)
+        t0 = time.time()
+        try: procs[0].wait(timeout=30)
+        except subprocess.TimeoutExpired: pass
+        waited = time.time() - t0
+    finally:
+        for p in procs: kill_group(p)
+        for f in logs: f.close()
+    log = (tmp_path / "rank0.log").read_text()
+    assert procs[0].returncode not in (None, 0) and waited < 15, (waited, log[-2000:])
+    assert re.search(r"ChunkParallelError: rank 0: .* rank 1 failed .*Timed out", log), log[-2000:]
 
 
 def test_torchrun_trains_a_few_steps(tmp_path):
