@@ -15,8 +15,8 @@ import torch
 from . import __version__
 from .core import ErrorTable, median_time, seed_everything, triton_available, triton_interpreting
 from .data import bits_per_byte, read_corpus, unigram_entropy
-from .model import PRESETS, MegalodonConfig, MegalodonForCausalLM, param_count
-from .train import TrainConfig, plot_history, stream_sample, train
+from .model import PRESETS, MegalodonConfig, MegalodonForCausalLM, param_count, read_config
+from .train import TrainConfig, TrainingDiverged, plot_history, stream_sample, train
 
 # %% auto #0
 __all__ = ['verify_all', 'bench_all', 'cache_nbytes', 'info_text', 'plan_steps', 'run_demo', 'main']
@@ -293,6 +293,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", help="compile the training step with torch.compile (faster steps after a compile of a minute or so)")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     t.add_argument("--resume", action="store_true", help="continue OUT/checkpoint")
+    t.add_argument("--allow-change", default="", metavar="NAMES", help="with --resume: settings that may differ from the checkpoint's, "
+                   "comma-separated (e.g. lr,corpus); by default a resume refuses any change of batch size, sequence length, seed, schedule or corpus")
     t.add_argument("--overwrite", action="store_true", help="replace an existing OUT/checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--chunk-parallel", type=int, default=None, metavar="N",
@@ -335,36 +337,57 @@ def _checkpoint_dir(path: str) -> Path:
     if (p / "config.json").is_file(): return p
     raise FileNotFoundError(f"{p} holds no checkpoint (expected config.json in it or in {p / 'checkpoint'})")
 
-def _cmd_train_chunk_parallel(a, config: MegalodonConfig) -> int:
-    "The time-parallel path (notebook 13): every process of a torchrun job trains its segment of each sequence."
+def _check_args(a):
+    "Refuse nonsense arguments in one line each, before anything starts (they used to surface as tracebacks from deep inside)."
+    dev = getattr(a, "device", None)
+    if dev is not None:
+        try: d = torch.device(dev)
+        except RuntimeError: raise ValueError(f"--device {dev!r} is not a device; use cpu, cuda or cuda:N") from None
+        if d.type == "cuda" and not torch.cuda.is_available(): raise ValueError(f"--device {dev}: CUDA is not available on this machine (torch {torch.__version__})")
+        if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count(): raise ValueError(f"--device {dev}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if d.type not in ("cpu", "cuda"): raise ValueError(f"--device {dev}: only cpu and cuda are supported")
+    if getattr(a, "threads", None) is not None and a.threads < 1: raise ValueError(f"--threads must be >= 1, got {a.threads}")
+    if getattr(a, "chunk_parallel", None) is not None and a.chunk_parallel < 1: raise ValueError(f"--chunk-parallel must be >= 1, got {a.chunk_parallel}")
+    if getattr(a, "max_bytes", 1) < 1: raise ValueError(f"--max-bytes must be >= 1, got {a.max_bytes}")
+
+def _cmd_train_chunk_parallel(a, config: MegalodonConfig | None) -> int:
+    "The time-parallel path (notebook 13): every process of a torchrun job trains its segment of each sequence, and rank 0 checkpoints."
     from megalodon_lit.parallel import chunk_parallel_train, init_distributed
     import torch.distributed as dist
     if "WORLD_SIZE" not in os.environ: raise ValueError("--chunk-parallel needs a torchrun launch: torchrun --standalone --nproc-per-node N $(which megalodon-lit) train --chunk-parallel N ...")
-    if a.resume or a.grad_accum != 1: raise ValueError("--chunk-parallel does not support --resume or --grad-accum yet")
+    if a.grad_accum != 1: raise ValueError("--chunk-parallel does not support --grad-accum yet")
     if a.corpus is not None and not Path(a.corpus).is_file(): raise ValueError("--chunk-parallel reads one corpus file; give --corpus FILE")
     init_distributed()
     try:
-        losses = chunk_parallel_train(config, a.corpus, a.steps, a.seq_len, a.batch_size, a.chunk_parallel, a.lr, a.seed)
-        if dist.get_rank() == 0: print(f"chunk-parallel training done: {len(losses)} steps, last loss {losses[-1]:.4f}")
+        losses = chunk_parallel_train(config, a.corpus, a.steps, a.seq_len, a.batch_size, a.chunk_parallel, a.lr, a.seed,
+                                      out=a.out, save_every=a.save_every, resume=a.resume, overwrite=a.overwrite)
+        if dist.get_rank() == 0:
+            print(f"chunk-parallel training done: {len(losses)} steps{f', last loss {losses[-1]:.4f}' if losses else ''}; "
+                  f"checkpoint {Path(a.out) / 'checkpoint'}")
     finally:
         dist.destroy_process_group()
     return 0
 
 def _cmd_train(a) -> int:
     over = {} if a.attention_chunks is None else {"attention_chunks": a.attention_chunks}
-    if a.chunk_parallel is not None: return _cmd_train_chunk_parallel(a, MegalodonConfig.from_preset(a.preset or "tiny", **over))
-    config = None if (a.resume and a.preset is None and not over) else MegalodonConfig.from_preset(a.preset or "tiny", **over)
+    saved = Path(a.out) / "checkpoint" / "config.json"
+    if a.resume and a.preset is None:  # the checkpoint's configuration, with only the fields given here changed
+        config = (replace(read_config(saved), **over) if saved.is_file() else None) if over else None
+    else: config = MegalodonConfig.from_preset(a.preset or "tiny", **over)
+    # built on every path, chunk-parallel included: its checks name a bad --steps, --batch-size, --lr ... before any process starts
     tc = TrainConfig(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, grad_accum=a.grad_accum, lr=a.lr, warmup=a.warmup,
                      eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, autocast=a.autocast, max_minutes=a.max_minutes,
                      compile=a.compile)
+    if a.chunk_parallel is not None: return _cmd_train_chunk_parallel(a, config)
     corpus = read_corpus(a.corpus, a.max_bytes)
     print(f"corpus: {len(corpus):,} bytes from {corpus.files} file(s) of {corpus.source}")
-    res = train(config, tc, corpus, out=a.out, resume=a.resume, overwrite=a.overwrite, device=a.device, progress=not a.no_progress)
+    allow = tuple(n.strip().replace("-", "_") for n in a.allow_change.split(",") if n.strip())
+    res = train(config, tc, corpus, out=a.out, resume=a.resume, overwrite=a.overwrite, allow_changes=allow, device=a.device, progress=not a.no_progress)
     plot = plot_history(res.history, Path(a.out) / "loss.png", res.unigram_bits)
     last = bits_per_byte(res.history["val_loss"][-1]) if res.history["val_loss"] else float("nan")
     print(f"steps {res.history['step'][-1] if res.history['step'] else 0}/{tc.steps}; held-out {last:.3f} bits/byte "
           f"(unigram entropy {res.unigram_bits:.3f}); checkpoint {res.out / 'checkpoint'}; loss curve {plot}")
-    return 130 if res.interrupted and tc.max_minutes is None else 0  # 130: stopped by Ctrl-C (the checkpoint is saved)
+    return {"SIGINT": 130, "SIGTERM": 143}.get(res.stopped_by, 0)  # 128 + the signal's number, as a shell reports it (the checkpoint is saved)
 
 def _cmd_bench(a) -> int:
     from megalodon_lit.bench import load_results, run_benchmarks, save_results
@@ -384,7 +407,10 @@ def _cmd_bench(a) -> int:
     return 0
 
 def _cmd_generate(a) -> int:
-    model = MegalodonForCausalLM.from_pretrained(_checkpoint_dir(a.checkpoint), device=a.device).eval()
+    d = _checkpoint_dir(a.checkpoint)
+    V = read_config(d / "config.json").vocab_size
+    if V != 256: raise ValueError(f"{d}: vocab_size is {V}; generate prints bytes, so it needs a byte-level model (vocab_size 256)")
+    model = MegalodonForCausalLM.from_pretrained(d, device=a.device).eval()
     prompt = a.prompt or "\n"
     print(a.prompt, end="", flush=True)
     stream_sample(model, prompt, a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
@@ -397,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     a = ap.parse_args(argv)
     try:
+        _check_args(a)
         if a.command == "demo": run_demo(a.out, a.minutes, a.preset, seed=a.seed, threads=a.threads)
         elif a.command == "train": return _cmd_train(a)
         elif a.command == "generate": return _cmd_generate(a)
@@ -408,10 +435,19 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if bad else 0
         elif a.command == "bench": return _cmd_bench(a)
         elif a.command == "info":
-            if a.checkpoint: d = _checkpoint_dir(a.checkpoint); cfg, name = MegalodonConfig.from_dict(json.loads((d / "config.json").read_text())), str(d)
+            if a.checkpoint: d = _checkpoint_dir(a.checkpoint); cfg, name = read_config(d / "config.json"), str(d)
             else: cfg, name = MegalodonConfig.from_preset(a.preset or "tiny"), a.preset or "tiny"
             print(info_text(cfg, name))
+    except TrainingDiverged as e:  # not a usage error: the settings were valid, the run went wrong
+        print(f"megalodon-lit {a.command}: error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
+        print(f"megalodon-lit {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader went away (`megalodon-lit generate ... | head`): stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush of stdout cannot fail again
+        return 141  # 128 + SIGPIPE
+    except OSError as e:  # e.g. a permission error on a path given on the command line
         print(f"megalodon-lit {a.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -14,10 +14,10 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['BACKENDS', 'POISON', 'rel_err', 'assert_close', 'ErrorTable', 'nonfinite', 'check_values', 'working_dtype',
-           'check_shape', 'triton_available', 'triton_interpreting', 'out_buffer', 'resolve_backend', 'default_device',
-           'seed_everything', 'kernel_op', 'op_label', 'median_time', 'gpu_evidence', 'evidence_rows', 'measure_on_gpu',
-           'set_plot_style']
+__all__ = ['BACKENDS', 'POISON', 'rel_err', 'assert_close', 'ErrorTable', 'NonFiniteError', 'nonfinite', 'check_values',
+           'working_dtype', 'check_shape', 'triton_available', 'triton_interpreting', 'out_buffer', 'resolve_backend',
+           'default_device', 'seed_everything', 'kernel_op', 'op_label', 'median_time', 'gpu_evidence', 'evidence_rows',
+           'measure_on_gpu', 'set_plot_style']
 
 # %% ../nbs/00_core.ipynb #ea5a020d
 def rel_err(actual: Tensor, # the tensor under test
@@ -71,9 +71,14 @@ class ErrorTable:
         return (f"**{self.title}**\n\n" if self.title else "") + "\n".join(md)
 
 # %% ../nbs/00_core.ipynb #5bd19026
+class NonFiniteError(ValueError):
+    "A value check found a nan or an inf (a `ValueError`, so code that catches bad input catches it too)."
+
+class _NonFiniteMessage(str): "The message of a `nonfinite` check: `check_values` raises `NonFiniteError` for it."
+
 def nonfinite(name: str, t: Tensor) -> tuple[str, Tensor]:
     "A check for `check_values`: the message for `t` (named `name`) and its flag, True if `t` has a nan or an inf."
-    return f"{name} has non-finite values (nan or inf)", ~torch.isfinite(t).all()
+    return _NonFiniteMessage(f"{name} has non-finite values (nan or inf)"), ~torch.isfinite(t).all()
 
 def check_values(*checks: tuple[str, Tensor]) -> None:
     "Raise a `ValueError` with the message of the first check whose flag (a boolean tensor) is True; all flags are read at once."
@@ -82,7 +87,7 @@ def check_values(*checks: tuple[str, Tensor]) -> None:
     dev = checks[0][1].device
     flags = torch.stack([flag.reshape(()).to(dev) for _, flag in checks]).tolist()  # the one synchronisation
     bad = next((msg for (msg, _), f in zip(checks, flags) if f), None)
-    if bad is not None: raise ValueError(bad)
+    if bad is not None: raise (NonFiniteError if isinstance(bad, _NonFiniteMessage) else ValueError)(bad)
 
 def working_dtype(t: Tensor) -> torch.dtype:
     "The dtype to compute in for input `t`: float64 stays float64, everything else (float32, bfloat16) works in float32."

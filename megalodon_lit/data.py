@@ -71,9 +71,12 @@ def read_corpus(source: str | Path | None = None, # file, directory, glob patter
                 max_bytes: int = 16_000_000, # stop reading after this many bytes
                ) -> Corpus:
     "Read a corpus as bytes, skipping binary and unreadable files; a clear error when nothing is left."
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1: raise ValueError(f"max_bytes must be an int >= 1, got {max_bytes!r}")
     chunks, total, used = [], 0, 0
     for f in corpus_files(source):
-        try: b = f.read_bytes()
+        # read only what is still needed (at least 8 KiB, for the binary check): a 3 GB file under max_bytes=50_000 costs 50 KB
+        try:
+            with open(f, "rb") as fh: b = fh.read(max(8192, max_bytes - total))
         except OSError: continue
         if not b or b"\0" in b[:8192]: continue
         chunks.append(b); total += len(b) + 1; used += 1

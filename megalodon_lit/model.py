@@ -7,7 +7,7 @@ Docs: https://megalodon-lit.github.io/megalodon-lit/model.html.md"""
 # %% ../nbs/06_model.ipynb #760934bb
 from __future__ import annotations
 
-import json, math
+import hashlib, json, math
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -23,8 +23,8 @@ from .block import (INIT_MODES, LayerState, MegalodonBlock, MegalodonLayer, Norm
 
 # %% auto #0
 __all__ = ['PRESETS', 'MegalodonConfig', 'param_count', 'MegalodonCache', 'MegalodonOutput', 'causal_lm_loss', 'OutputLayer',
-           'MegalodonForCausalLM', 'sample_next', 'GenerateOutput', 'upstream_rope_freqs', 'to_upstream_state_dict',
-           'from_upstream_state_dict']
+           'MegalodonForCausalLM', 'sample_next', 'GenerateOutput', 'read_config', 'tensors_sha256', 'save_tensors',
+           'load_tensors', 'upstream_rope_freqs', 'to_upstream_state_dict', 'from_upstream_state_dict']
 
 # %% ../nbs/06_model.ipynb #8843989c
 @dataclass
@@ -63,14 +63,18 @@ class MegalodonConfig:
             v = getattr(self, f.name)
             if f.type in ("int", int) and (isinstance(v, bool) or not isinstance(v, int) or v < 1): raise ValueError(f"{f.name} must be an int >= 1, got {v!r}")
             if f.type in ("bool", bool) and not isinstance(v, bool): raise TypeError(f"{f.name} must be True or False, got {v!r}")
+            if f.type in ("float", float) and (isinstance(v, bool) or not isinstance(v, (int, float))): raise TypeError(f"{f.name} must be a number, got {v!r}")
+            if f.type == "float | None" and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))): raise TypeError(f"{f.name} must be a number or None, got {v!r}")
+            if f.type in ("str", str) and not isinstance(v, str): raise TypeError(f"{f.name} must be a string, got {v!r}")
         for name in ("dropout", "attention_dropout", "hidden_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0: raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.model_dim % self.norm_num_groups: raise ValueError(f"norm_num_groups ({self.norm_num_groups}) must divide model_dim ({self.model_dim})")
         for name in ("z_dim", "value_dim"):
             if getattr(self, name) % self.num_heads: raise ValueError(f"{name} ({getattr(self, name)}) must be divisible by num_heads ({self.num_heads})")
         if (self.z_dim // self.num_heads) % 2: raise ValueError(f"the per-head q/k width z_dim/num_heads = {self.z_dim // self.num_heads} must be even (RoPE rotates pairs)")
-        if not self.norm_eps > 0: raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
-        if self.rope_base is not None and not self.rope_base > 0: raise ValueError(f"rope_base must be > 0 or None, got {self.rope_base!r}")
+        # an infinite eps makes every normalised activation 0: identical logits for every input
+        if not 0 < self.norm_eps < math.inf: raise ValueError(f"norm_eps must be finite and > 0, got {self.norm_eps!r}")
+        if self.rope_base is not None and not 0 < self.rope_base < math.inf: raise ValueError(f"rope_base must be finite and > 0 or None, got {self.rope_base!r}")
         if self.init_mode not in INIT_MODES: raise ValueError(f"init_mode must be one of {INIT_MODES}, got {self.init_mode!r}")
         if self.backend not in BACKENDS: raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         return self
@@ -190,6 +194,7 @@ def _check_ids(name: str, ids, vocab_size: int, allow_ignore: bool = False):
     if ids.dim() != 2: raise ValueError(f"{name} must have shape [B, L], got {list(ids.shape)}")
     if ids.shape[0] == 0 or ids.shape[1] == 0: raise ValueError(f"{name} is empty (shape {list(ids.shape)}); give at least one token per row")
     if torch.compiler.is_compiling(): return  # value checks run eagerly only (core: `check_values`)
+    ids = ids.long()  # compared in uint8 or int8, `ids < 256` wraps and refuses valid ids
     valid = (ids >= 0) & (ids < vocab_size)
     if allow_ignore: valid |= ids == -100
     if not bool(valid.all()):
@@ -258,7 +263,7 @@ def _forward(self: MegalodonForCausalLM,
     "Logits for every position; with a cache, continue a stream exactly where it stopped."
     _check_call(self, input_ids, labels, cache)
     c = self.config
-    x = self.embed(input_ids)
+    x = self.embed(input_ids.long())  # any integer dtype (the embedding and the loss take int64)
     if c.scale_emb: x = x * math.sqrt(c.model_dim)
     x = F.dropout(x, c.dropout, self.training)
     keep = use_cache or cache is not None
@@ -268,7 +273,7 @@ def _forward(self: MegalodonForCausalLM,
         states.append(state)
     y, final = self.output.final_norm(x, None if cache is None else cache.final)
     logits = self.output.output(y).float()
-    loss = None if labels is None else causal_lm_loss(logits, labels)
+    loss = None if labels is None else causal_lm_loss(logits, labels.long())
     new = MegalodonCache(states, final, logits[:, -1].detach(), self._signature()) if keep else None
     return MegalodonOutput(logits, loss, new)
 
@@ -283,7 +288,9 @@ def sample_next(logits: Tensor, # [B, V] float logits
                ) -> Tensor: # [B] token ids
     "Pick one token per row: greedy, or sampled with temperature, top-k and nucleus (top-p) filtering."
     if temperature == 0: return logits.argmax(-1)
-    logits = logits.float() / temperature
+    # shift the maximum to 0 before dividing: at a tiny temperature (1e-45) the quotient overflows to inf and softmax gives nan
+    logits = logits.float()
+    logits = (logits - logits.max(-1, keepdim=True).values) / temperature
     if top_k is not None:
         kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -304,9 +311,9 @@ class GenerateOutput:
 # %% ../nbs/06_model.ipynb #72c0f8fa
 def _check_sampling(max_new_tokens, temperature, top_k, top_p, eos_token_id, vocab_size):
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0: raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not (isinstance(temperature, (int, float)) and temperature >= 0): raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and 0 <= temperature < math.inf): raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1): raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1: raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1): raise ValueError(f"top_p must be a number in (0, 1] or None, got {top_p!r}")
     if eos_token_id is not None and not 0 <= eos_token_id < vocab_size: raise ValueError(f"eos_token_id must be in [0, {vocab_size}), got {eos_token_id!r}")
 
 @torch.no_grad()
@@ -349,15 +356,62 @@ def _generate(self: MegalodonForCausalLM,
 MegalodonForCausalLM.generate = _generate
 
 # %% ../nbs/06_model.ipynb #39667181
+def read_config(path: str | Path, # a checkpoint's config.json
+               ) -> MegalodonConfig:
+    "The configuration a checkpoint was saved with: every field must be present (none silently takes a default); errors name the file."
+    path = Path(path)
+    try: d = json.loads(path.read_text())
+    except ValueError as e: raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(d, dict): raise ValueError(f"{path} must hold a JSON object of config fields, got {type(d).__name__}")
+    missing = [f.name for f in fields(MegalodonConfig) if f.name not in d]
+    if missing: raise ValueError(f"{path} lacks the config field(s) {', '.join(missing)}: a saved configuration names every field "
+                                 "(an upstream ModelConf dict goes through MegalodonConfig.from_dict)")
+    try: return MegalodonConfig.from_dict(d)
+    except (TypeError, ValueError) as e: raise type(e)(f"{path}: {e}") from None
+
+def tensors_sha256(tensors: dict[str, Tensor]) -> str:
+    "sha256 over every tensor's name, dtype, shape and bytes, in name order: what a safetensors file must give back."
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+def _nonfinite_names(tensors: dict[str, Tensor]) -> list[str]:
+    return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+def save_tensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None):
+    "Write a safetensors file that records the sha256 of its tensors; non-finite tensors are refused."
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    bad = _nonfinite_names(tensors)
+    if bad: raise ValueError(f"refusing to write {path}: non-finite values (nan or inf) in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}")
+    save_file(tensors, str(path), metadata={**(metadata or {}), "sha256": tensors_sha256(tensors)})
+
+def load_tensors(path: str | Path) -> dict[str, Tensor]:
+    "Read a safetensors file, checking it parses, matches the sha256 recorded at saving (when there is one) and holds only finite values."
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    try:
+        with safe_open(str(path), "pt") as f: meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError for a damaged header
+        raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+    if "sha256" in meta and tensors_sha256(tensors) != meta["sha256"]:
+        raise ValueError(f"{path} is corrupt: its tensors do not match the sha256 recorded when it was saved")
+    bad = _nonfinite_names(tensors)
+    if bad: raise ValueError(f"{path} holds non-finite values (nan or inf) in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}")
+    return tensors
+
 def _save_pretrained(self: MegalodonForCausalLM,
                      directory: str | Path, # created if missing
                     ) -> Path:
-    "Write `config.json` and `model.safetensors` to `directory`."
-    from safetensors.torch import save_file
+    "Write `config.json` and `model.safetensors` (with the sha256 of its tensors) to `directory`."
     d = Path(directory); d.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+    sd = dict(self.state_dict())
     if self.config.share_emb: sd.pop("output.output.weight")  # tied to embed.weight
-    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt", "megalodon_lit": __version__})
+    save_tensors(sd, d / "model.safetensors", metadata={"format": "pt", "megalodon_lit": __version__})
     (d / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
     return d
 
@@ -376,15 +430,14 @@ def _load_checked(model: MegalodonForCausalLM, sd: dict, source: str):
 def _from_pretrained(cls, directory: str | Path, # written by `save_pretrained`
                      device: str | torch.device = "cpu", # where to put the model
                     ) -> MegalodonForCausalLM:
-    "Rebuild a model saved with `save_pretrained`."
-    from safetensors.torch import load_file
+    "Rebuild a model saved with `save_pretrained`, refusing a damaged or non-finite weights file."
     d = Path(directory)
     for f in ("config.json", "model.safetensors"):
         if not (d / f).is_file(): raise FileNotFoundError(f"{d / f} not found: a checkpoint directory holds config.json and model.safetensors")
-    config = MegalodonConfig.from_dict(json.loads((d / "config.json").read_text()))
+    config = read_config(d / "config.json")
     model = cls(replace(config, init_mode="none"))  # every weight is about to be overwritten
     model.config = config
-    sd = load_file(str(d / "model.safetensors"))
+    sd = load_tensors(d / "model.safetensors")
     if "embed.weight" in sd: model.to(sd["embed.weight"].dtype)  # the checkpoint's precision
     _load_checked(model, sd, str(d / "model.safetensors"))
     return model.to(device)

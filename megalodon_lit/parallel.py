@@ -7,7 +7,7 @@ Docs: https://megalodon-lit.github.io/megalodon-lit/chunk_parallel.html.md"""
 # %% ../nbs/13_chunk_parallel.ipynb #c67db0f2
 from __future__ import annotations
 
-import argparse, copy, math, os, sys, sysconfig, time
+import argparse, copy, hashlib, math, os, shutil, sys, sysconfig, time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -243,14 +243,23 @@ class ParallelGrid:
     data_index: int # d
     data_size: int # dp
 
+def _default_group_timeout() -> timedelta | None:
+    "The timeout the default process group was created with (None if this torch does not expose it)."
+    try: return dist.group.WORLD._get_backend(torch.device("cuda" if dist.get_backend() == "nccl" else "cpu")).options._timeout
+    except (AttributeError, RuntimeError): return None
+
 def parallel_grid(chunk_parallel: int, # cp, ranks per sequence; must divide the world size
                  ) -> ParallelGrid:
     "Make every data and chunk group with `dist.new_group` (all ranks create all groups, in the same order) and return this rank's."
     world, rank = dist.get_world_size(), dist.get_rank()
     if chunk_parallel < 1 or world % chunk_parallel: raise ValueError(f"chunk_parallel ({chunk_parallel}) must divide the world size ({world})")
     dp, cp = world // chunk_parallel, chunk_parallel
-    chunks = [dist.new_group([d * cp + r for r in range(cp)]) for d in range(dp)]
-    datas = [dist.new_group([d * cp + r for d in range(dp)]) for r in range(cp)]
+    # a new group does not inherit the default group's timeout (torch gives it 30 minutes): without passing it on, a frozen
+    # peer (SIGSTOP, a stalled node) left the others waiting in a receive long after `init_distributed`'s timeout
+    timeout = _default_group_timeout()
+    kw = {} if timeout is None else {"timeout": timeout}
+    chunks = [dist.new_group([d * cp + r for r in range(cp)], **kw) for d in range(dp)]
+    datas = [dist.new_group([d * cp + r for d in range(dp)], **kw) for r in range(cp)]
     d, r = divmod(rank, cp)
     return ParallelGrid(datas[r], ChunkGroup.from_group(chunks[d]), d, dp)
 
@@ -277,7 +286,17 @@ def _batch(data: Tensor, batch_size: int, seq_len: int, step: int, data_index: i
     return torch.stack([data[s:s + seq_len] for s in starts.tolist()])
 
 # %% ../nbs/13_chunk_parallel.ipynb #ca84d071
-def chunk_parallel_train(config: MegalodonConfig, # the model to train (byte-level: vocab_size ≥ 256)
+def _rank0_does(what: str, fn) -> None:
+    "Run `fn` on global rank 0 only; every rank learns whether it worked, so no rank waits forever for one that failed."
+    ok, err = torch.ones(1), None
+    if dist.get_rank() == 0:
+        try: fn()
+        except Exception as e: ok[0], err = 0, e
+    dist.broadcast(ok, 0)
+    if err is not None: raise err
+    if not ok.item(): raise ChunkParallelError(f"rank {dist.get_rank()}: rank 0 failed while {what}; see its error")
+
+def chunk_parallel_train(config: MegalodonConfig | None, # the model to train (byte-level: vocab_size ≥ 256); None: the checkpoint's when resuming
                          data_path: str | Path | None = None, # any file, read as bytes; None: `default_text()`
                          steps: int = 3, # optimiser steps
                          seq_len: int = 256, # L, tokens per sequence (split across the chunk group)
@@ -286,34 +305,81 @@ def chunk_parallel_train(config: MegalodonConfig, # the model to train (byte-lev
                          lr: float = 3e-3, # AdamW learning rate
                          seed: int = 0, # model initialisation and batch sampling
                          log=print, # called with one line per step on global rank 0 (None: silent)
+                         out: str | Path | None = None, # run folder: checkpoints go to out/checkpoint (None: nothing is saved)
+                         save_every: int | None = None, # steps between checkpoints (one is always written at the end); None: only the end
+                         resume: bool = False, # continue out/checkpoint
+                         overwrite: bool = False, # replace an existing out/checkpoint instead of refusing to start
                         ) -> list[float]: # the full-sequence loss of every step (equal on all ranks of a chunk group)
     "Train with the time axis split over `chunk_parallel` ranks and DDP over the rest; call inside an initialised process group."
+    from megalodon_lit.train import (TrainConfig, TrainingDiverged, _all_finite, _restore_optimizer, _resume_changes, check_run_folder, load_checkpoint,
+                        recover_checkpoint, save_checkpoint)
     device = next((torch.device("cuda", torch.cuda.current_device()) for _ in [0] if dist.get_backend() == "nccl"), torch.device("cpu"))
+    # the same record as `train` keeps: a constant learning rate is a cosine from lr to lr without warm-up
+    tc = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, seed=seed, warmup=0, min_lr_ratio=1.0,
+                     save_every=save_every or steps, eval_every=steps)
     grid = parallel_grid(chunk_parallel or dist.get_world_size())
-    torch.manual_seed(seed)
-    model = MegalodonForCausalLM(config).to(device).train()
-    for t in model.state_dict().values(): dist.broadcast(t, 0)  # one set of weights everywhere
+    if seq_len < max(2, grid.chunk.size):  # every rank needs a token, and the sequence a target
+        raise ValueError(f"seq_len ({seq_len}) must be at least 2 and at least the {grid.chunk.size} ranks that share a sequence")
+    source = str(Path(data_path or default_text()))
+    raw = Path(source).read_bytes()
+    data, digest = torch.frombuffer(bytearray(raw), dtype=torch.uint8).long(), hashlib.sha256(raw).hexdigest()
+    if len(data) <= seq_len: raise ValueError(f"the corpus {source} has {len(data):,} bytes, too few for --seq-len {seq_len}")
+    ckpt = None if out is None else Path(out) / "checkpoint"
+    history = {"step": [], "loss": [], "lr": [], "tokens": [], "elapsed": [], "val_step": [], "val_loss": []}
+    if ckpt is not None:
+        def prepare():
+            recover_checkpoint(ckpt, log or (lambda s: None))
+            if not resume and ckpt.exists() and overwrite: shutil.rmtree(ckpt)
+            if not resume and ckpt.exists(): raise FileExistsError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
+            check_run_folder(out)
+        _rank0_does("preparing the run folder", prepare)
+    if resume:
+        if ckpt is None or not ckpt.exists(): raise FileNotFoundError(f"nothing to resume: {ckpt} does not exist")
+        model, opt_tensors, record = load_checkpoint(ckpt, config, device)
+        changed = _resume_changes(record, tc, source, digest)
+        if changed: raise ValueError(f"the checkpoint at {ckpt} was trained with other settings ({'; '.join(changed.values())}); resume with the same settings")
+        start, history = record["step"], record["history"]
+    else:
+        if config is None: raise ValueError("give a model configuration (or resume from a checkpoint)")
+        torch.manual_seed(seed)
+        model, opt_tensors, start = MegalodonForCausalLM(config).to(device), None, 0
+        for t in model.state_dict().values(): dist.broadcast(t, 0)  # one set of weights everywhere
+    model.train()
     net = ChunkParallelLM(model, grid.chunk)
     if grid.data_size > 1: net = nn.parallel.DistributedDataParallel(net, process_group=grid.data)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.1)
-    data = torch.frombuffer(bytearray(Path(data_path or default_text()).read_bytes()), dtype=torch.uint8).long()
-    losses = []
-    for step in range(steps):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    if opt_tensors is not None: _restore_optimizer(model, opt, opt_tensors)
+    save = lambda done: _rank0_does("saving the checkpoint", lambda: save_checkpoint(ckpt, model, opt, done, tc, history, source, digest))
+    losses, t_start, done = [], time.perf_counter(), start
+    elapsed0 = history["elapsed"][-1] if history["elapsed"] else 0.0
+    for step in range(start, steps):
         t0 = time.perf_counter()
         ids = _batch(data, batch_size, seq_len, step, grid.data_index, seed).to(device)
-        out = net(ids)
+        out_ = net(ids)
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()          # DDP (if any) averages over the data group here
+        out_.loss.backward()          # DDP (if any) averages over the data group here
         sync_chunk_grads(model, grid.chunk)  # sum over the chunk group: the full-sequence gradient
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        loss = out.full_loss.clone()
+        gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip))
+        loss = out_.full_loss.clone()
         if grid.data_size > 1: dist.all_reduce(loss, group=grid.data); loss /= grid.data_size
         losses.append(loss.item())
+        # every rank sees the same loss and gradient norm, so every rank stops at the same step
+        if not (math.isfinite(losses[-1]) and math.isfinite(gnorm)):
+            raise TrainingDiverged(f"the run diverged at step {step + 1}: loss {losses[-1]:.4g}, gradient norm {gnorm:.4g}, lr {lr:.3g}; "
+                                   f"{'the last checkpoint stays in ' + str(ckpt) if ckpt is not None and ckpt.exists() else 'no checkpoint was written'}")
+        opt.step()
+        if not _all_finite(model.parameters()):
+            raise TrainingDiverged(f"the run diverged at step {step + 1}: the weights became non-finite after the update (loss {losses[-1]:.4g}, lr {lr:.3g})")
+        done = step + 1
+        for k, v in (("step", done), ("loss", losses[-1]), ("lr", lr), ("tokens", done * grid.data_size * batch_size * seq_len),
+                     ("elapsed", elapsed0 + time.perf_counter() - t_start)): history[k].append(v)
+        if ckpt is not None and done % tc.save_every == 0 and done < steps: save(done)
         if log is not None and dist.get_rank() == 0:
             tok = grid.data_size * batch_size * seq_len / (time.perf_counter() - t0)
             log(f"step {step + 1}/{steps}  loss {losses[-1]:.4f}  {tok:,.0f} tokens/s  (dp={grid.data_size}, cp={grid.chunk.size}, {dist.get_backend()})")
+    if ckpt is not None: save(done)
     return losses
+
 
 # %% ../nbs/13_chunk_parallel.ipynb #fd3bbfbe
 def parity_check(config: MegalodonConfig, # the model to build (dropout must be 0)

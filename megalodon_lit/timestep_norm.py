@@ -29,8 +29,8 @@ def _tsn_inputs(x: Tensor, weight: Tensor, bias: Tensor, count: Tensor, mean: Te
     check_shape("weight", weight, (D,)); check_shape("bias", bias, (D,))
     check_shape("count", count, (B,)); check_shape("mean", mean, (B, G)); check_shape("var", var, (B, G))
     if count.is_floating_point() or count.is_complex() or count.dtype == torch.bool: raise TypeError(f"count must be an integer tensor, got {count.dtype}")
-    check_values(("count must be non-negative", (count < 0).any()), nonfinite("mean", mean), nonfinite("var", var),
-                 ("var must be non-negative", (var < 0).any()))  # one device synchronisation for the four
+    check_values(nonfinite("x", x), ("count must be non-negative", (count < 0).any()), nonfinite("mean", mean), nonfinite("var", var),
+                 ("var must be non-negative", (var < 0).any()))  # one device synchronisation for the five
     if padding_mask is not None:
         check_shape("padding_mask", padding_mask, (B, L))
         if padding_mask.dtype != torch.bool: raise TypeError(f"padding_mask must be bool (True = padded), got {padding_mask.dtype}")

@@ -7,7 +7,8 @@ Docs: https://megalodon-lit.github.io/megalodon-lit/train.html.md"""
 # %% ../nbs/07_train.ipynb #21cd9405
 from __future__ import annotations
 
-import json, math, os, shutil, time
+import hashlib, json, math, os, shutil, signal, threading, time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -16,13 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import seed_everything
+from .core import NonFiniteError, seed_everything
 from .data import Corpus, batch_at, bits_per_byte, check_fits, decode, encode, eval_windows, read_corpus, unigram_entropy
-from .model import MegalodonConfig, MegalodonForCausalLM
+from .model import MegalodonConfig, MegalodonForCausalLM, load_tensors, read_config, save_tensors
 
 # %% auto #0
-__all__ = ['TrainConfig', 'lr_at', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'evaluate', 'train', 'plot_history',
-           'stream_sample']
+__all__ = ['CHECKPOINT_FILES', 'RESUME_FIXED', 'TrainConfig', 'lr_at', 'TrainingDiverged', 'check_run_folder',
+           'recover_checkpoint', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'evaluate', 'Terminated', 'train',
+           'plot_history', 'stream_sample']
 
 # %% ../nbs/07_train.ipynb #d80ec594
 @dataclass
@@ -52,7 +54,16 @@ class TrainConfig:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches", "save_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if not self.lr > 0: raise ValueError(f"lr must be > 0, got {self.lr}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0: raise ValueError(f"warmup must be an int >= 0, got {self.warmup!r}")
+        for name, lo, hi in (("lr", 0, math.inf), ("eps", 0, math.inf), ("clip", 0, math.inf)):  # finite and > 0
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v < hi: raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf): raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.min_lr_ratio, (int, float)) and 0 <= self.min_lr_ratio <= 1): raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 1): raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if len(tuple(self.betas)) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas): raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.max_minutes is not None and (isinstance(self.max_minutes, bool) or not isinstance(self.max_minutes, (int, float)) or not 0 < self.max_minutes < math.inf):
+            raise ValueError(f"max_minutes must be a finite number > 0 or None, got {self.max_minutes!r}")
         if self.autocast not in ("auto", "bf16", "none"): raise ValueError(f"autocast must be 'auto', 'bf16' or 'none', got {self.autocast!r}")
         if not isinstance(self.compile, bool): raise ValueError(f"compile must be True or False, got {self.compile!r}")
         self.betas = tuple(self.betas)
@@ -65,6 +76,9 @@ def lr_at(step: int, # 0-based optimiser step
     return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 # %% ../nbs/07_train.ipynb #f8b1100e
+class TrainingDiverged(RuntimeError):
+    "The loss, the gradient or the weights became non-finite: training stopped and nothing was saved from the diverged state."
+
 def _optimizer_tensors(model, opt) -> dict[str, Tensor]:
     names = {id(p): n for n, p in model.named_parameters()}
     out = {}
@@ -73,22 +87,72 @@ def _optimizer_tensors(model, opt) -> dict[str, Tensor]:
     out["__rng__::torch"] = torch.get_rng_state()
     return out
 
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.safetensors", "trainer.json")  # trainer.json is written last
+
+def _fsync(path: Path):
+    "Flush a file's data, or a folder's entries (what makes a rename durable), to the disk."
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
+def check_run_folder(out: str | Path, # the run folder (created if missing)
+                    ) -> Path:
+    "Create the run folder and prove it writable now, so that a bad `out` fails before training rather than at the first save."
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise ValueError(f"the run folder (out, --out) {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b""); probe.unlink()
+    except OSError as e: raise ValueError(f"the run folder (out, --out) {out} cannot be written: {e.strerror or e}") from None
+    return out
+
+def _complete(d: Path) -> bool:
+    "A checkpoint folder whose every file was written: trainer.json, the last one, is there and parses."
+    try: json.loads((d / "trainer.json").read_text())
+    except (OSError, ValueError): return False
+    return all((d / f).is_file() for f in CHECKPOINT_FILES)
+
+def recover_checkpoint(path: str | Path, # the checkpoint folder
+                       log: Callable[[str], None] = print,
+                      ) -> bool: # True if a checkpoint was put back
+    "If a save stopped between its two renames (only `checkpoint.tmp` and `checkpoint.old` on disk), put the newest complete one back."
+    path = Path(path)
+    if path.exists(): return False
+    for src in (path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")):
+        if src.is_dir() and _complete(src):
+            src.rename(path); _fsync(path.parent)
+            log(f"recovered {path} from {src.name}, left by a save that was interrupted")
+            return True
+    return False
+
 def save_checkpoint(path: str | Path, # the checkpoint folder (replaced atomically)
                     model: MegalodonForCausalLM, opt: torch.optim.Optimizer,
                     step: int, # optimiser steps completed
-                    tc: TrainConfig, history: dict, corpus_source: str):
-    "Write model, optimiser state, RNG state and history; the previous checkpoint is replaced only once this one is complete."
-    from safetensors.torch import save_file
-    path = Path(path); tmp = path.with_name(path.name + ".tmp")
+                    tc: TrainConfig, history: dict, corpus_source: str,
+                    corpus_sha256: str | None = None, # the corpus bytes' hash, checked when the run resumes
+                   ):
+    "Write model, optimiser state, RNG state and history durably; the previous checkpoint is replaced only once this one is complete."
+    path = Path(path); tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    opt_tensors = _optimizer_tensors(model, opt)
+    bad = [n for n, t in [*model.state_dict().items(), *opt_tensors.items()] if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad: raise TrainingDiverged(f"not saving step {step} to {path}: non-finite values in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}; "
+                                   "the checkpoint already there is kept")
+    recover_checkpoint(path)  # never delete the only complete copy an interrupted save left
     if tmp.exists(): shutil.rmtree(tmp)
     model.save_pretrained(tmp)
-    save_file(_optimizer_tensors(model, opt), str(tmp / "optimizer.safetensors"))
-    (tmp / "trainer.json").write_text(json.dumps({"step": step, "train_config": asdict(tc), "history": history, "corpus": corpus_source}, indent=1))
-    old = path.with_name(path.name + ".old")
+    save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+    for f in CHECKPOINT_FILES[:-1]: _fsync(tmp / f)
+    # trainer.json last: its presence marks the folder complete (recover_checkpoint relies on it)
+    (tmp / "trainer.json").write_text(json.dumps({"step": step, "train_config": asdict(tc), "history": history, "corpus": corpus_source,
+                                                         "corpus_sha256": corpus_sha256}, indent=1))
+    _fsync(tmp / "trainer.json"); _fsync(tmp)
+    if path.exists():
+        if old.exists(): shutil.rmtree(old)
+        path.rename(old)  # from here until the next rename only .old and .tmp exist: recover_checkpoint handles that state
+    tmp.rename(path); _fsync(path.parent)
     if old.exists(): shutil.rmtree(old)
-    if path.exists(): path.rename(old)  # the previous checkpoint stays on disk until the new one is in place
-    tmp.rename(path)
-    if old.exists(): shutil.rmtree(old)
+
 
 # %% ../nbs/07_train.ipynb #4b4d5fde
 def load_checkpoint(path: str | Path, # a folder written by `save_checkpoint`
@@ -96,18 +160,20 @@ def load_checkpoint(path: str | Path, # a folder written by `save_checkpoint`
                     device: str | torch.device = "cpu",
                    ) -> tuple[MegalodonForCausalLM, dict, dict]: # model, optimizer tensors, trainer record
     "Read a training checkpoint, refusing one made for another model configuration."
-    from safetensors.torch import load_file
     path = Path(path)
-    for f in ("config.json", "model.safetensors", "optimizer.safetensors", "trainer.json"):
+    recover_checkpoint(path)
+    for f in CHECKPOINT_FILES:
         if not (path / f).is_file(): raise FileNotFoundError(f"{path} is not a training checkpoint: {f} is missing")
-    saved = MegalodonConfig.from_dict(json.loads((path / "config.json").read_text()))
+    saved = read_config(path / "config.json")
     if model_config is not None and saved != model_config:
         diff = [f"{f.name}: checkpoint {getattr(saved, f.name)!r} vs requested {getattr(model_config, f.name)!r}"
                 for f in fields(saved) if getattr(saved, f.name) != getattr(model_config, f.name)]
         raise ValueError(f"the checkpoint at {path} was made for another model configuration ({'; '.join(diff)}); "
                          "resume with the same settings, or train into a new --out folder")
     model = MegalodonForCausalLM.from_pretrained(path, device=device)
-    return model, load_file(str(path / "optimizer.safetensors")), json.loads((path / "trainer.json").read_text())
+    try: record = json.loads((path / "trainer.json").read_text())
+    except ValueError as e: raise ValueError(f"{path / 'trainer.json'} is not valid JSON ({e})") from None
+    return model, load_tensors(path / "optimizer.safetensors"), record
 
 def _restore_optimizer(model, opt, tensors: dict[str, Tensor]):
     params = dict(model.named_parameters())
@@ -123,8 +189,9 @@ class TrainResult:
     model: MegalodonForCausalLM
     history: dict # step, loss, lr, tokens, elapsed; val_step, val_loss (nats)
     out: Path # the run folder (checkpoint/ inside)
-    interrupted: bool = False # stopped by Ctrl-C or max_minutes before the last step
+    interrupted: bool = False # stopped by Ctrl-C, SIGTERM or max_minutes before the last step
     unigram_bits: float = float("nan") # byte unigram entropy of the held-out text
+    stopped_by: str | None = None # "SIGINT", "SIGTERM" or "max_minutes" when interrupted
 
     @property
     def best_val_bits(self) -> float: return bits_per_byte(min(self.history["val_loss"])) if self.history["val_loss"] else float("nan")
@@ -146,12 +213,60 @@ def evaluate(model: MegalodonForCausalLM, batches: list[tuple[Tensor, Tensor]], 
     return total / len(batches)
 
 # %% ../nbs/07_train.ipynb #c15072ee
+class Terminated(KeyboardInterrupt):
+    "SIGTERM (what `kill`, systemd, Slurm and container runtimes send) during `train`: handled as Ctrl-C is."
+
+def _raise_terminated(signum, frame): raise Terminated()
+
+@contextmanager
+def _sigterm_as_interrupt():
+    "Inside the block SIGTERM raises `Terminated` (only the main thread can set signal handlers; elsewhere nothing changes)."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try: yield
+    finally: signal.signal(signal.SIGTERM, old)
+
+@contextmanager
+def _signals_ignored():
+    "Inside the block SIGINT and SIGTERM are ignored: the final save completes however often the user presses Ctrl-C."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    old = [(s, signal.signal(s, signal.SIG_IGN)) for s in (signal.SIGINT, signal.SIGTERM)]
+    try: yield
+    finally:
+        for s, h in old: signal.signal(s, h)
+
+def _all_finite(tensors) -> bool:
+    "True when no tensor holds a nan or an inf (one device read for all of them)."
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+    return not flags or bool(torch.stack(flags).all())
+
+def _diverged(step: int, what: str, lr: float, ckpt: Path, saved: int | None):
+    "Stop a diverged run, saying where its last good checkpoint is (nothing is saved from the diverged state)."
+    kept = f"the last good checkpoint (step {saved}) stays in {ckpt}" if saved is not None else "no checkpoint was written"
+    raise TrainingDiverged(f"the run diverged at step {step}: {what}, lr {lr:.3g}; {kept}. "
+                           "Start again with a lower learning rate (--lr) or a longer warm-up (--warmup)")
+
+RESUME_FIXED = ("batch_size", "seq_len", "grad_accum", "seed", "val_fraction", "lr", "min_lr_ratio", "warmup", "betas", "eps",
+                "weight_decay", "clip", "corpus")  # a resumed run must keep these unless told otherwise; steps, eval/save cadence, autocast, compile may change
+
+def _resume_changes(record: dict, tc: TrainConfig, source: str, digest: str) -> dict[str, str]:
+    "The settings in which this run differs from the one its checkpoint came from: name -> 'name: checkpoint X, now Y'."
+    saved, now, out = record.get("train_config", {}), asdict(tc), {}
+    for k in RESUME_FIXED[:-1]:
+        a = tuple(saved[k]) if isinstance(saved.get(k), list) else saved.get(k)
+        if k in saved and a != now[k]: out[k] = f"{k}: checkpoint {a!r}, now {now[k]!r}"
+    old_digest = record.get("corpus_sha256") or digest
+    if record.get("corpus") != source or old_digest != digest:
+        out["corpus"] = f"corpus: checkpoint {record.get('corpus')!r} (sha256 {old_digest[:12]}…), now {source!r} (sha256 {digest[:12]}…)"
+    return out
+
 def train(model_config: MegalodonConfig | None, # None: take it from the checkpoint when resuming
           tc: TrainConfig, # training settings
           corpus: Corpus | str | Path | None = None, # a Corpus, a source for `read_corpus`, or None (the stdlib source)
           out: str | Path = "runs/megalodon", # run folder; the checkpoint goes to out/checkpoint
           resume: bool = False, # continue from out/checkpoint
           overwrite: bool = False, # replace an existing out/checkpoint instead of refusing to start
+          allow_changes: tuple[str, ...] = (), # when resuming, settings of `RESUME_FIXED` that may differ from the checkpoint's
           device: str | torch.device | None = None, # None: CUDA if present, else CPU
           progress: bool = True, # show a progress bar
           callback: Callable[[int, dict], None] | None = None, # called after every step with (steps done, history)
@@ -164,11 +279,18 @@ def train(model_config: MegalodonConfig | None, # None: take it from the checkpo
     train_bytes, val_bytes = corpus.split(tc.val_fraction)
     check_fits(train_bytes, tc.batch_size, tc.seq_len, "training split")
     check_fits(val_bytes, 1, tc.seq_len, "held-out split")
+    unknown = sorted(set(allow_changes) - set(RESUME_FIXED))
+    if unknown: raise ValueError(f"allow_changes: {unknown} are not settings a resume checks; choose from {list(RESUME_FIXED)}")
+    digest = hashlib.sha256(corpus.data.numpy()).hexdigest()
     out, ckpt = Path(out), Path(out) / "checkpoint"
     history = {"step": [], "loss": [], "lr": [], "tokens": [], "elapsed": [], "val_step": [], "val_loss": []}
+    recover_checkpoint(ckpt, log)
     if resume:
         if not ckpt.exists(): raise FileNotFoundError(f"nothing to resume: {ckpt} does not exist")
         model, opt_tensors, record = load_checkpoint(ckpt, model_config, device)
+        changed = {k: v for k, v in _resume_changes(record, tc, corpus.source, digest).items() if k not in allow_changes}
+        if changed: raise ValueError(f"the checkpoint at {ckpt} was trained with other settings ({'; '.join(changed.values())}); resume with the "
+                                     f"same settings, or allow the change explicitly (--allow-change {','.join(changed)}; allow_changes={tuple(changed)!r})")
         start, history = record["step"], record["history"]
         seed_everything(tc.seed)
     else:
@@ -177,47 +299,57 @@ def train(model_config: MegalodonConfig | None, # None: take it from the checkpo
         if ckpt.exists(): raise FileExistsError(f"{ckpt} exists: pass resume=True (--resume) to continue it, or choose another out folder")
         seed_everything(tc.seed)
         model, opt_tensors, start = MegalodonForCausalLM(model_config).to(device), None, 0
+    check_run_folder(out)
     model.train()
     step_model = torch.compile(model) if tc.compile else model  # shares the parameters; evaluation and checkpoints use `model`
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, eps=tc.eps, weight_decay=tc.weight_decay)
     if opt_tensors is not None: _restore_optimizer(model, opt, opt_tensors)
     val_batches = eval_windows(val_bytes, tc.batch_size, tc.seq_len, tc.eval_batches)
     tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
-    done, interrupted, t0 = start, False, time.perf_counter()
+    done, interrupted, t0, saved = start, False, time.perf_counter(), (start if resume else None)
     elapsed0 = history["elapsed"][-1] if history["elapsed"] else 0.0
     bar = tqdm(total=tc.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
-    try:
-        for step in range(start, tc.steps):
-            for group in opt.param_groups: group["lr"] = lr_at(step, tc)
-            loss_sum = 0.0
-            for micro in range(tc.grad_accum):
-                x, y = batch_at(train_bytes, step * tc.grad_accum + micro, tc.batch_size, tc.seq_len, tc.seed)
-                with _autocast(tc.autocast, device): logits = step_model(x.to(device)).logits
-                loss = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten()) / tc.grad_accum
-                loss.backward(); loss_sum += loss.item()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
-            opt.step(); opt.zero_grad(set_to_none=True)
-            done = step + 1
-            elapsed = elapsed0 + time.perf_counter() - t0
-            for k, v in (("step", done), ("loss", loss_sum), ("lr", lr_at(step, tc)), ("tokens", done * tokens_per_step), ("elapsed", elapsed)): history[k].append(v)
-            if done % tc.eval_every == 0 or done == tc.steps:
-                history["val_step"].append(done); history["val_loss"].append(evaluate(model, val_batches, tc))
-            bar.set_postfix(loss=f"{loss_sum:.3f}", val_bpb=f"{bits_per_byte(history['val_loss'][-1]):.2f}" if history["val_loss"] else "-",
-                            tok_s=f"{(done - start) * tokens_per_step / max(1e-9, time.perf_counter() - t0):,.0f}")
-            bar.update(1)
-            if done % tc.save_every == 0 and done < tc.steps: save_checkpoint(ckpt, model, opt, done, tc, history, corpus.source)
-            if callback is not None: callback(done, history)
-            if tc.max_minutes is not None and elapsed > 60 * tc.max_minutes and done < tc.steps:
-                log(f"\nstopping after {elapsed / 60:.1f} minutes (max_minutes={tc.max_minutes}) at step {done}")
-                interrupted = True; break
-    except KeyboardInterrupt:
-        interrupted = True
-        log(f"\ninterrupted after step {done}; saving a resumable checkpoint")
-    finally:
-        bar.close()
-    save_checkpoint(ckpt, model, opt, done, tc, history, corpus.source)
+    stopped_by = None
+    with _sigterm_as_interrupt():
+        try:
+            for step in range(start, tc.steps):
+                lr = lr_at(step, tc)
+                for group in opt.param_groups: group["lr"] = lr
+                loss_sum = 0.0
+                for micro in range(tc.grad_accum):
+                    x, y = batch_at(train_bytes, step * tc.grad_accum + micro, tc.batch_size, tc.seq_len, tc.seed)
+                    try:
+                        with _autocast(tc.autocast, device): logits = step_model(x.to(device)).logits
+                    except NonFiniteError as e:  # finite weights, valid bytes: an activation overflowed
+                        last = f"{history['loss'][-1]:.4g}" if history["loss"] else "none yet"
+                        _diverged(step + 1, f"non-finite activations in the forward ({e}; loss of the step before: {last})", lr, ckpt, saved)
+                    loss = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten()) / tc.grad_accum
+                    loss.backward(); loss_sum += loss.item()
+                gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip))
+                if not (math.isfinite(loss_sum) and math.isfinite(gnorm)): _diverged(step + 1, f"loss {loss_sum:.4g}, gradient norm {gnorm:.4g}", lr, ckpt, saved)
+                opt.step(); opt.zero_grad(set_to_none=True)
+                if not _all_finite(model.parameters()): _diverged(step + 1, f"the weights became non-finite after the update (loss {loss_sum:.4g}, gradient norm {gnorm:.4g})", lr, ckpt, saved)
+                done = step + 1
+                elapsed = elapsed0 + time.perf_counter() - t0
+                for k, v in (("step", done), ("loss", loss_sum), ("lr", lr), ("tokens", done * tokens_per_step), ("elapsed", elapsed)): history[k].append(v)
+                if done % tc.eval_every == 0 or done == tc.steps:
+                    history["val_step"].append(done); history["val_loss"].append(evaluate(model, val_batches, tc))
+                bar.set_postfix(loss=f"{loss_sum:.3f}", val_bpb=f"{bits_per_byte(history['val_loss'][-1]):.2f}" if history["val_loss"] else "-",
+                                tok_s=f"{(done - start) * tokens_per_step / max(1e-9, time.perf_counter() - t0):,.0f}")
+                bar.update(1)
+                if done % tc.save_every == 0 and done < tc.steps: save_checkpoint(ckpt, model, opt, done, tc, history, corpus.source, digest); saved = done
+                if callback is not None: callback(done, history)
+                if tc.max_minutes is not None and elapsed > 60 * tc.max_minutes and done < tc.steps:
+                    log(f"\nstopping after {elapsed / 60:.1f} minutes (max_minutes={tc.max_minutes}) at step {done}")
+                    interrupted, stopped_by = True, "max_minutes"; break
+        except KeyboardInterrupt as e:
+            interrupted, stopped_by = True, "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+            log(f"\n{'terminated (SIGTERM)' if stopped_by == 'SIGTERM' else 'interrupted'} after step {done}; saving a resumable checkpoint")
+        finally:
+            bar.close()
+        with _signals_ignored(): save_checkpoint(ckpt, model, opt, done, tc, history, corpus.source, digest)  # a second Ctrl-C cannot cut it short
     if interrupted: log(f"checkpoint at step {done} in {ckpt}; continue with resume=True (megalodon-lit train --resume --out {out})")
-    return TrainResult(model, history, out, interrupted, unigram_entropy(val_bytes))
+    return TrainResult(model, history, out, interrupted, unigram_entropy(val_bytes), stopped_by)
 
 # %% ../nbs/07_train.ipynb #01f07761
 def plot_history(history: dict, # from `train`

@@ -164,6 +164,92 @@ def test_safetensors_round_trip(tmp_path):
     with pytest.raises(ValueError, match="fc1.weight"): MegalodonForCausalLM.from_pretrained(tmp_path / "1")
 
 
+def test_weights_file_damage_is_refused(tmp_path):
+    "Flipped bytes, a torn header and NaN weights are refused on load, naming model.safetensors; NaN weights are never written."
+    from safetensors.torch import load_file, save_file
+    seed_everything(0)
+    model = MegalodonForCausalLM(MegalodonConfig.from_preset("nano"))
+    model.save_pretrained(tmp_path / "ok")
+    f = tmp_path / "ok" / "model.safetensors"
+    raw = bytearray(f.read_bytes())
+    for i in range(64): raw[-4 * (i + 1) - 1] ^= 0x40  # 64 flipped bytes in the tensor data (float exponents: finite, far off)
+    (tmp_path / "flip").mkdir(); (tmp_path / "flip" / "config.json").write_bytes((tmp_path / "ok" / "config.json").read_bytes())
+    (tmp_path / "flip" / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"flip/model.safetensors is corrupt: .*sha256"): MegalodonForCausalLM.from_pretrained(tmp_path / "flip")
+    (tmp_path / "flip" / "model.safetensors").write_bytes(f.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"flip/model.safetensors is not a readable safetensors file"):
+        MegalodonForCausalLM.from_pretrained(tmp_path / "flip")
+    sd = load_file(str(f)); sd["layers.0.mega.wz.weight"][0, 0] = float("nan")
+    save_file(sd, str(tmp_path / "flip" / "model.safetensors"))  # written by another program: no hash, still checked
+    with pytest.raises(ValueError, match=r"flip/model.safetensors holds non-finite values .* in layers.0.mega.wz.weight"):
+        MegalodonForCausalLM.from_pretrained(tmp_path / "flip")
+    with torch.no_grad(): model.layers[1].nffn.fc1.weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="non-finite values .* in layers.1.nffn.fc1.weight"): model.save_pretrained(tmp_path / "bad")
+    assert MegalodonForCausalLM.from_pretrained(tmp_path / "ok").config == model.config
+
+
+def test_config_json_must_name_every_field(tmp_path):
+    "A config.json without chunk_size would reload with the upstream default 2048 and other logits: refused, naming the field."
+    import json
+    MegalodonForCausalLM(MegalodonConfig.from_preset("nano")).save_pretrained(tmp_path)
+    d = json.loads((tmp_path / "config.json").read_text()); del d["chunk_size"]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"config.json lacks the config field\(s\) chunk_size"): MegalodonForCausalLM.from_pretrained(tmp_path)
+    d["chunk_size"] = 16; d["norm_eps"] = "1e-5"
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    with pytest.raises(TypeError, match=r"config.json: norm_eps must be a number, got '1e-5'"): MegalodonForCausalLM.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"): MegalodonForCausalLM.from_pretrained(tmp_path)
+
+
+def test_non_finite_values_are_refused_for_the_whole_call():
+    """A nan reaching a layer at position 100 made logits nan from position 64 (0·nan inside the chunk) and poisoned its row's stream:
+    now the call raises before computing anything, and the cache it was given still works for every row."""
+    seed_everything(0)
+    model = MegalodonForCausalLM(MegalodonConfig.from_preset("tiny")).eval()
+    ids = torch.randint(0, 200, (2, 128)); ids[1, 100] = 255
+    with torch.no_grad():
+        cache = model(ids[:, :50], use_cache=True).cache
+        before = [t.clone() for t in cache.tensors()]
+        model.embed.weight[255, 3] = float("nan")  # a weight gone bad in memory: the token reaches layer 0 as a nan
+        with pytest.raises(ValueError, match="x has non-finite values"): model(ids)
+        with pytest.raises(ValueError, match="x has non-finite values"): model(ids[:, 50:], cache=cache)
+        assert all(torch.equal(a, b) for a, b in zip(before, cache.tensors()))
+        ok = ids.clone(); ok[1, 100] = 7
+        out = model(ok[:, 50:], cache=cache)
+        assert torch.isfinite(out.logits).all()
+
+
+def test_small_integer_id_dtypes():
+    "uint8/int8 ids were refused with a false message ('outside [0, 256): min 104, max 105'): `ids < 256` wraps in those dtypes."
+    seed_everything(0)
+    model = MegalodonForCausalLM(MegalodonConfig.from_preset("nano")).eval()
+    ids = torch.tensor([[104, 105, 32, 10]])
+    with torch.no_grad():
+        ref = model(ids, labels=ids)
+        for dt in (torch.uint8, torch.int16, torch.int32):
+            out = model(ids.to(dt), labels=ids.to(dt))
+            assert torch.equal(out.logits, ref.logits) and torch.equal(out.loss, ref.loss), dt
+        small = torch.tensor([[104, 105, 32, 10]], dtype=torch.int8)
+        assert torch.equal(model(small).logits, ref.logits)
+        with pytest.raises(ValueError, match="min -3, max -3"): model(torch.tensor([[5, -3]], dtype=torch.int8))
+
+
+def test_sampling_edge_values():
+    "A temperature of 1e-45 failed inside torch.multinomial (logits/T overflowed to inf, softmax nan); a string top_p was accepted."
+    logits = torch.tensor([[0.5, 3.0, -1.0, 2.9], [1.0, 1.0, 0.0, -2.0]])
+    g = torch.Generator().manual_seed(0)
+    tok = sample_next(logits, temperature=1e-45, generator=g)
+    assert tok[0] == 1 and tok[1] in (0, 1)
+    assert sample_next(logits, temperature=1e-45, top_k=2, top_p=0.5, generator=g)[0] == 1
+    model = MegalodonForCausalLM(MegalodonConfig.from_preset("nano")).eval()
+    ids = torch.randint(0, 256, (1, 5))
+    for kw, msg in ((dict(top_p="0.9"), "top_p must be a number"), (dict(temperature=float("inf")), "temperature must be a finite number"),
+                    (dict(temperature=float("nan")), "temperature"), (dict(top_p=True), "top_p")):
+        with pytest.raises(ValueError, match=msg): model.generate(ids, 2, **kw)
+    assert model.generate(ids, 3, temperature=1e-45).new_tokens.shape == (1, 3)
+
+
 def spec_keys(c: MegalodonConfig) -> dict:
     "Upstream's keys and shapes, written out from docs/pages/reference.md, section 'State-dict names' (independent of our modules)."
     D, Z, E, F_, N, G, V = c.model_dim, c.z_dim, c.value_dim, c.ffn_hidden_dim, c.cema_ndim, c.norm_num_groups, c.vocab_size
@@ -233,7 +319,11 @@ def test_config_validation_messages():
              (dict(norm_num_groups=3), "must divide model_dim"), (dict(num_heads=3), "divisible by num_heads"),
              (dict(z_dim=6, num_heads=2), "must be even"), (dict(attention_dropout=-0.1), "attention_dropout"),
              (dict(init_mode="kaiming"), "init_mode"), (dict(backend="cuda"), "backend"), (dict(swiglu=1), "swiglu must be True or False"),
-             (dict(norm_eps=0.0), "norm_eps"), (dict(rope_base=-1.0), "rope_base"), (dict(attention_chunks=0), "attention_chunks")]
+             (dict(norm_eps=0.0), "norm_eps"), (dict(rope_base=-1.0), "rope_base"), (dict(attention_chunks=0), "attention_chunks"),
+             # values a hand-edited config.json may hold: each named, never a bare "'>' not supported between 'str' and 'int'"
+             (dict(norm_eps="1e-5"), "norm_eps must be a number"), (dict(dropout="0.1"), "dropout must be a number"),
+             (dict(rope_base="big"), "rope_base must be a number or None"), (dict(init_mode=3), "init_mode must be a string"),
+             (dict(norm_eps=float("inf")), "norm_eps must be finite"), (dict(rope_base=float("inf")), "rope_base must be finite")]
     for kw, msg in cases:
         with pytest.raises((ValueError, TypeError), match=msg): MegalodonConfig(**kw)
     with pytest.raises(ValueError, match="unknown preset"): MegalodonConfig.from_preset("mega2B")

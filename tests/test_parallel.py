@@ -5,12 +5,14 @@ the others stop with a clear error within a bounded time, and `torchrun -m megal
 
 Each rank is a subprocess running this file as a script (`python tests/test_parallel.py worker …`); ranks save their
 results with torch.save and the test process computes the single-process reference itself."""
-import json, os, re, socket, subprocess, sys, time
+import json, os, re, signal, socket, subprocess, sys, time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import torch
 
+from _subproc import kill_group, popen, run
 from megalodon_lit.core import rel_err
 from megalodon_lit.model import MegalodonConfig, MegalodonForCausalLM
 
@@ -106,19 +108,20 @@ def launch(n, out_dir, wait_s=120, wait_for=None):
     "Start n ranks; return (exit codes, seconds each took, stderr) once the ranks `wait_for` (default all) have exited or `wait_s` has passed; kill the rest."
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(n), OMP_NUM_THREADS="1")
     t0, procs = time.perf_counter(), []
-    for r in range(n):
-        procs.append(subprocess.Popen([sys.executable, __file__, "worker", str(out_dir)],
-                                      env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     codes, seconds, errs = [None] * n, [None] * n, [""] * n
     wait_for = range(n) if wait_for is None else wait_for
-    while time.perf_counter() - t0 < wait_s and any(codes[r] is None for r in wait_for):
-        for r, p in enumerate(procs):
-            if codes[r] is None and p.poll() is not None:
-                codes[r], seconds[r] = p.returncode, time.perf_counter() - t0
-        time.sleep(0.05)
-    for r, p in enumerate(procs):
-        if p.poll() is None: p.kill()
-        errs[r] = p.communicate()[1]
+    try:
+        for r in range(n):
+            procs.append(popen([sys.executable, __file__, "worker", str(out_dir)],
+                               env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        while time.perf_counter() - t0 < wait_s and any(codes[r] is None for r in wait_for):
+            for r, p in enumerate(procs):
+                if codes[r] is None and p.poll() is not None:
+                    codes[r], seconds[r] = p.returncode, time.perf_counter() - t0
+            time.sleep(0.05)
+    finally:  # no rank outlives the test, whatever happened above
+        for p in procs: kill_group(p)
+    errs = [p.stderr.read() for p in procs]
     return codes, seconds, errs
 
 
@@ -170,12 +173,49 @@ def test_four_ranks_a_2x2_grid_and_a_hung_rank(tmp_path):
     assert 3 <= got["seconds"] < 15, got["seconds"]
 
 
+def test_chunk_parallel_train_refuses_a_sequence_too_short(tmp_path):
+    "--seq-len 1 left no target: the loss was 0/0, reported as 'loss nan', and the run exited 0. Refused up front (one process, gloo)."
+    import torch.distributed as dist
+    from megalodon_lit.parallel import chunk_parallel_train
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(ValueError, match=r"seq_len \(1\) must be at least 2"):
+            chunk_parallel_train(MegalodonConfig.from_preset("nano"), steps=1, seq_len=1, log=None)
+        assert len(chunk_parallel_train(MegalodonConfig.from_preset("nano"), steps=1, seq_len=2, batch_size=1, log=None)) == 1
+    finally: dist.destroy_process_group()
+
+
+def test_a_frozen_peer_ends_the_job_within_the_timeout(tmp_path):
+    """A rank stopped with SIGSTOP (a stalled node) used to leave the other waiting forever in a receive: the chunk group, made by
+    `parallel_grid`, had torch's 30-minute default instead of the 3 s given to `init_distributed`. Rank 0 must now fail within it."""
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "megalodon_lit.parallel", "--preset", "nano", "--steps", "100000", "--seq-len", "128", "--timeout", "3"]
+    logs = [open(tmp_path / f"rank{r}.log", "w") for r in range(2)]
+    procs = []
+    try:
+        for r in range(2): procs.append(popen(cmd, env=dict(env, RANK=str(r)), stdout=logs[r], stderr=subprocess.STDOUT))
+        deadline = time.time() + 120
+        while "step 3/" not in (tmp_path / "rank0.log").read_text() and time.time() < deadline and procs[0].poll() is None: time.sleep(0.1)
+        assert "step 3/" in (tmp_path / "rank0.log").read_text(), (tmp_path / "rank0.log").read_text()[-2000:]
+        procs[1].send_signal(signal.SIGSTOP)
+        t0 = time.time()
+        try: procs[0].wait(timeout=30)
+        except subprocess.TimeoutExpired: pass
+        waited = time.time() - t0
+    finally:
+        for p in procs: kill_group(p)
+        for f in logs: f.close()
+    log = (tmp_path / "rank0.log").read_text()
+    assert procs[0].returncode not in (None, 0) and waited < 15, (waited, log[-2000:])
+    assert re.search(r"ChunkParallelError: rank 0: .* rank 1 failed .*Timed out", log), log[-2000:]
+
+
 def test_torchrun_trains_a_few_steps(tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
     cmd += ["--standalone", "--nproc-per-node", "2", "-m", "megalodon_lit.parallel", "--preset", "nano", "--steps", "3",
             "--seq-len", "128", "--timeout", "60"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    p = run(cmd, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert p.returncode == 0, p.stderr[-3000:]
     losses = [float(x) for x in re.findall(r"step \d/3  loss ([0-9.]+)", p.stdout)]
     assert len(losses) == 3, p.stdout
