@@ -28,9 +28,25 @@ class _Ring:
     __slots__ = ("kt", "v", "heads", "head")
     def __init__(self, kt: Tensor, v: Tensor, heads: int, head: int): self.kt, self.v, self.heads, self.head = kt, v, heads, head
 
+class _Undo:
+    "What one in-place write replaced: the slot, its old key and value, and the undo of the write after it."
+    __slots__ = ("slot", "kt", "v", "next")
+    def __init__(self, slot: int, kt: Tensor, v: Tensor): self.slot, self.kt, self.v, self.next = slot, kt, v, None
+
 class RingKVCache(KVCache):
     "A `KVCache` kept as a ring of W·C + 1 slots (position p in slot p mod (W·C + 1)) that decode steps write in place."
-    def __init__(self, ring: _Ring, seen: int): self.ring, self.seen = ring, seen
+    def __init__(self, ring: _Ring, seen: int, link: _Undo | None = None):
+        self.ring, self.seen = ring, seen
+        self.undo = None  # set when a step writes this cache's ring in place
+        self.link = link  # the undo of the write that made this cache (the next write chains to it)
+
+    def buffers(self) -> tuple[Tensor, Tensor]: # kt [B·H, dz, S], v [B·H, S, dv]: this cache's ring, later writes undone
+        kt, v, chain, u = self.ring.kt, self.ring.v, [], self.undo
+        while u is not None: chain.append(u); u = u.next
+        if not chain: return kt, v
+        kt, v = kt.clone(), v.clone()
+        for u in reversed(chain): kt[:, :, u.slot], v[:, u.slot] = u.kt, u.v
+        return kt, v
 
     def _order(self) -> Tensor: # [W·C] the slots of positions seen − W·C … seen − 1
         S = self.ring.v.shape[1]
@@ -38,15 +54,17 @@ class RingKVCache(KVCache):
 
     @property
     def k(self) -> Tensor: # [B, W·C, H, dz]: a copy in position order, as a plain `KVCache` holds it
-        BH, dz, S = self.ring.kt.shape
+        kt, _ = self.buffers()
+        BH, dz, S = kt.shape
         H = self.ring.heads
-        return self.ring.kt[:, :, self._order()].view(BH // H, H, dz, S - 1).permute(0, 3, 1, 2)
+        return kt[:, :, self._order()].view(BH // H, H, dz, S - 1).permute(0, 3, 1, 2)
 
     @property
     def v(self) -> Tensor: # [B, W·C, H, dv]: a copy in position order
-        BH, S, dv = self.ring.v.shape
+        _, v = self.buffers()
+        BH, S, dv = v.shape
         H = self.ring.heads
-        return self.ring.v[:, self._order()].view(BH // H, H, S - 1, dv).transpose(1, 2)
+        return v[:, self._order()].view(BH // H, H, S - 1, dv).transpose(1, 2)
 
     @property
     def nbytes(self) -> int: return self.ring.kt.nbytes + self.ring.v.nbytes
@@ -54,7 +72,9 @@ class RingKVCache(KVCache):
 # %% ../nbs/09_decode.ipynb #1feba7f8
 def _ring_from(kv: KVCache) -> _Ring:
     "A new ring holding the window of `kv` (a plain cache, or a ring another cache already writes to)."
-    if isinstance(kv, RingKVCache): return _Ring(kv.ring.kt.clone(), kv.ring.v.clone(), kv.ring.heads, kv.seen)
+    if isinstance(kv, RingKVCache):
+        kt, v = kv.buffers()
+        return _Ring(kt.clone() if kt is kv.ring.kt else kt, v.clone() if v is kv.ring.v else v, kv.ring.heads, kv.seen)
     B, cap, H, dz = kv.k.shape
     dv, S = kv.v.shape[-1], cap + 1
     slots = torch.arange(kv.seen - cap, kv.seen, device=kv.k.device) % S
@@ -79,6 +99,7 @@ class DecodePlan:
     freqs: Tensor # [dz/2] float64 RoPE inverse frequencies
     C: int # chunk size
     W: int # attention chunks
+    slots: Tensor # [W·C + 1] 0, 1, … : the ring's slot numbers
 
 def _key(model: MegalodonForCausalLM) -> tuple:
     return tuple((p.data_ptr(), p._version, p.dtype) for p in model.parameters())
@@ -111,7 +132,8 @@ def decode_plan(model: MegalodonForCausalLM) -> DecodePlan:
     c, wdt = model.config, working_dtype(model.embed.weight)
     m0 = model.layers[0].mega
     plan = DecodePlan(key, [_layer_consts(b, wdt) for b in model.layers], _tsn_consts(model.output.final_norm, wdt),
-                      model.output.output.weight.t(), rope_freqs(m0.Z // m0.H, m0.rope_base), c.chunk_size, c.attention_chunks)
+                      model.output.output.weight.t(), rope_freqs(m0.Z // m0.H, m0.rope_base), c.chunk_size, c.attention_chunks,
+                      torch.arange(c.chunk_size * c.attention_chunks + 1, device=model.embed.weight.device))
     model._decode_plan = plan
     return plan
 
@@ -143,19 +165,20 @@ def _cema_step(x: Tensor, h: Tensor, c: dict) -> tuple[Tensor, Tensor]: # x [B, 
     return torch.addcmul(y, x, c["omega"]), torch.view_as_complex(hr)
 
 # %% ../nbs/09_decode.ipynb #b7898cd1
-def _attend(q: Tensor, k: Tensor, v: Tensor, ring: _Ring, slot: int, bias: Tensor) -> Tensor:
-    "Write k, v into `slot`, then attend over the whole ring; `bias` (0 or −inf per slot) hides what the query may not see."
-    ring.kt.select(2, slot).copy_(k)                               # [BH, dz]
-    ring.v.select(1, slot).copy_(v)                                # [BH, dv]
+def _attend(q: Tensor, k: Tensor, v: Tensor, ring: _Ring, slot: int, bias: Tensor) -> tuple[Tensor, _Undo]:
+    "Write k, v into `slot` (keeping what they replace), then attend over the whole ring; `bias` (0 or −inf per slot) hides what the query may not see."
+    kslot, vslot = ring.kt.select(2, slot), ring.v.select(1, slot)  # [BH, dz], [BH, dv]
+    undo = _Undo(slot, kslot.clone(), vslot.clone())
+    kslot.copy_(k); vslot.copy_(v)
     scores = torch.baddbmm(bias, q, ring.kt)                       # [BH, 1, S], scale 1 (folded into q)
     probs = torch.softmax(_as(scores, working_dtype(scores)), -1)
-    return torch.bmm(_as(probs, v.dtype), ring.v)                  # [BH, 1, dv]
+    return torch.bmm(_as(probs, v.dtype), ring.v), undo           # [BH, 1, dv]
 
-def _visible_bias(seen: int, S: int, C: int, W: int, dtype, device) -> Tensor: # [S]: 0 where a slot is visible to the query at `seen`, else −inf
+def _visible_bias(seen: int, slots: Tensor, C: int, W: int, dtype) -> Tensor: # [S]: 0 where a slot is visible to the query at `seen`, else −inf
     "Slot s holds position seen − ((seen − s) mod S); the query sees positions from the start of its W-chunk window."
     lo = max(0, (seen // C - W + 1) * C)
-    lag = (seen - torch.arange(S, device=device)) % S                # how far back each slot's position lies
-    return torch.zeros(S, dtype=dtype, device=device).masked_fill_(lag > seen - lo, float("-inf"))
+    lag = (seen - slots) % slots.shape[0]                            # how far back each slot's position lies
+    return torch.zeros(slots.shape, dtype=dtype, device=slots.device).masked_fill_(lag > seen - lo, float("-inf"))
 
 # %% ../nbs/09_decode.ipynb #743d6fb8
 def _rms(x: Tensor, eps: float) -> Tensor: # the mean of squares as `mean` computes it (a sum, then a division), in fewer operations
@@ -176,12 +199,16 @@ def _mega_step(x: Tensor, state: LayerState, c: dict, rot: Tensor, bias: Tensor)
     qk = _as(qk, x.dtype).view(2, B * H, dz)
     v = F.silu(torch.addmm(c["bv"], out_tsn, c["wv"]))                                            # 5
     r = F.silu(torch.addmm(c["br"], mx, c["wr"]))                                                 # 6
-    ring = _writable(state.kv)                                                         # 7
+    kv, ring = state.kv, _writable(state.kv)                                           # 7
     q, k = qk[0].unsqueeze(1), qk[1]
-    attn = _attend(q, k, v.view(B * H, dv), ring, state.kv.seen % ring.v.shape[1], bias)
-    ring.head = state.kv.seen + 1
+    attn, undo = _attend(q, k, v.view(B * H, dv), ring, kv.seen % ring.v.shape[1], bias)
+    in_place = isinstance(kv, RingKVCache) and ring is kv.ring
+    if in_place:  # written in place: the cache left behind can undo it, and so can every cache before it
+        kv.undo = undo
+        if kv.link is not None: kv.link.next = undo
+    ring.head = kv.seen + 1
     h = torch.addmm(torch.addmm(c["bh1"], mx, c["wh1"]), attn.view(B, H * dv) * r, c["wh2"])     # 8
-    return x + h, LayerState(norm, hx, RingKVCache(ring, state.kv.seen + 1))
+    return x + h, LayerState(norm, hx, RingKVCache(ring, kv.seen + 1, undo if in_place else None))
 
 def _ffn_step(y: Tensor, x: Tensor, c: dict) -> Tensor: # y = x + h, x the block input, both [B, D]
     "The normalised FFN with its two-hop residual: x + FFN(LayerNorm(y))."
@@ -204,10 +231,8 @@ def decode_step(model: MegalodonForCausalLM,
     x = model.embed(input_ids).squeeze(1)                                               # [B, D]
     if model.config.scale_emb: x = x * math.sqrt(model.config.model_dim)
     # shared by every layer: the RoPE rotation of this position and which ring slots the query sees
-    kv0 = cache.layers[0].kv
-    S = plan.C * plan.W + 1
     rot = torch.polar(torch.ones_like(plan.freqs), torch.remainder(plan.freqs * seen, 2 * math.pi)).to(torch.complex64 if x.dtype != torch.float64 else torch.complex128)
-    bias = _visible_bias(seen, S, plan.C, plan.W, x.dtype, x.device)
+    bias = _visible_bias(seen, plan.slots, plan.C, plan.W, x.dtype)
     states = []
     for block, c, state in zip(model.layers, plan.layers, cache.layers):
         y, s = _mega_step(x, state, c, rot, bias)
