@@ -254,15 +254,24 @@ def _check_call(model: MegalodonForCausalLM, input_ids, labels, cache):
     if cache.last_logits.device != input_ids.device: raise ValueError(f"the cache is on {cache.last_logits.device} but input_ids on {input_ids.device}")
 
 # %% ../nbs/06_model.ipynb #842d097b
+def _decodes(model: MegalodonForCausalLM, input_ids: Tensor) -> bool:
+    "Whether a one-token call may take the decode step: no gradients, no dropout, no autocast, not the reference backend."
+    return not (torch.is_grad_enabled() or model.training or model.config.backend == "ref" or torch.is_autocast_enabled(input_ids.device.type))
+
 def _forward(self: MegalodonForCausalLM,
              input_ids: Tensor, # [B, L] token ids in [0, V)
              labels: Tensor | None = None, # [B, L] targets (shifted inside; -100 = ignore): returns the loss
              cache: MegalodonCache | None = None, # state after the tokens before input_ids; None: a fresh sequence
              use_cache: bool = False, # return the cache after the last token (always, when a cache is given)
+             fast_decode: bool = True, # one token with a cache, no gradients, eval mode: the decode step of notebook 09
             ) -> MegalodonOutput:
     "Logits for every position; with a cache, continue a stream exactly where it stopped."
     _check_call(self, input_ids, labels, cache)
     c = self.config
+    if fast_decode and cache is not None and labels is None and input_ids.shape[1] == 1 and _decodes(self, input_ids):
+        from megalodon_lit.decode import decode_step  # notebook 09 builds on this one: imported on use
+        logits, new = decode_step(self, input_ids, cache)
+        return MegalodonOutput(logits.unsqueeze(1), None, new)
     x = self.embed(input_ids.long())  # any integer dtype (the embedding and the loss take int64)
     if c.scale_emb: x = x * math.sqrt(c.model_dim)
     x = F.dropout(x, c.dropout, self.training)
@@ -337,6 +346,8 @@ def _generate(self: MegalodonForCausalLM,
         if input_ids is not None: cache = self(input_ids, cache=cache, use_cache=True).cache
         else: _check_call(self, torch.zeros(cache.batch_size, 1, dtype=torch.long, device=cache.last_logits.device), None, cache)
         done = torch.zeros(cache.batch_size, dtype=torch.bool, device=cache.last_logits.device)
+        from megalodon_lit.decode import decode_plan, decode_step  # notebook 09: the plan is built once, then no per-step checks
+        plan = decode_plan(self) if _decodes(self, cache.last_logits) else None
         new = []
         for _ in range(max_new_tokens):
             tok = sample_next(cache.last_logits, temperature, top_k, top_p, generator)
@@ -344,7 +355,7 @@ def _generate(self: MegalodonForCausalLM,
                 tok = tok.masked_fill(done, eos_token_id); done |= tok == eos_token_id
             new.append(tok)
             if streamer is not None: streamer(tok)
-            cache = self(tok[:, None], cache=cache).cache
+            cache = decode_step(self, tok[:, None], cache, plan)[1] if plan is not None else self(tok[:, None], cache=cache).cache
             if eos_token_id is not None and bool(done.all()): break
     finally:
         self.train(was_training)
