@@ -29,8 +29,8 @@ from .model import MegalodonConfig, MegalodonForCausalLM, MegalodonOutput, causa
 
 # %% auto #0
 __all__ = ['BENCH_SIZES', 'device_record', 'device_slug', 'time_call', 'peak_memory', 'matmul_rate', 'copy_bandwidth',
-           'LlamaBaseline', 'visible_keys', 'train_flops_per_token', 'bench_train', 'bench_decode', 'profile_step',
-           'run_benchmarks', 'load_results', 'save_results']
+           'LlamaBaseline', 'visible_keys', 'train_flops_per_token', 'bench_train', 'count_ops', 'bench_decode',
+           'profile_step', 'run_benchmarks', 'load_results', 'save_results']
 
 # %% ../nbs/20_benchmarks.ipynb #e5255269
 def device_record(device: str | torch.device = "cpu") -> dict:
@@ -209,12 +209,18 @@ def _cache_bytes(cache) -> int:
     if hasattr(cache, "nbytes"): return cache.nbytes
     return sum(k.nbytes + v.nbytes for k, v in cache)
 
+def count_ops(fn: Callable[[], object]) -> int: # profiler events (every aten op, nested ones included) of one fn() call
+    "Operations one call issues, as torch.profiler counts them: a cost that does not vary from run to run or machine to machine."
+    from torch.profiler import ProfilerActivity, profile
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof: fn()
+    return len(prof.events())
+
 def bench_decode(model: nn.Module, # `MegalodonForCausalLM` or `LlamaBaseline`
                  contexts: list[int], # prompt lengths to measure at
                  device: str | torch.device = "cpu", # where to run
                  dtype: torch.dtype | None = None, # None: bfloat16 on CUDA, float32 on a CPU
                  compile: bool = False, # prefill and decode through `torch.compile` (a first call per context compiles, untimed)
-                ) -> list[dict]: # one row per context: prefill tokens/s, decode s/token, cache bytes, peak memory
+                ) -> list[dict]: # one row per context: prefill tokens/s, decode s/token and operations per token, cache bytes, peak memory
     "Prefill throughput and per-token decode time against the context length."
     dev = torch.device(device)
     dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
@@ -229,11 +235,16 @@ def bench_decode(model: nn.Module, # `MegalodonForCausalLM` or `LlamaBaseline`
             try:
                 prefill = lambda: model(ids, use_cache=True)
                 t_pre = time_call(prefill, dev, repeats=1)
-                cache, tok = prefill().cache, ids[:, -1:]
-                if compile: model(tok, cache=cache)  # compiles the step (prefill compiled in its first timed call: do_bench warms up)
-                row.update(prefill_tokens_per_s=n / t_pre, decode_s=time_call(lambda: model(tok, cache=cache), dev, repeats=5),
-                           cache_bytes=_cache_bytes(cache), peak_bytes=peak_memory(prefill, dev))
-                del cache
+                tok = ids[:, -1:]
+                # every timed step continues from the cache the step before returned, as generation does (stepping again
+                # from one old cache would time a copy of its window: the decode step of notebook 09 writes the newest in place)
+                first = prefill().cache
+                nbytes = _cache_bytes(first)  # the cache after the n prompt tokens
+                state = [model(tok, cache=first).cache]  # the first step: builds the decode ring (or compiles)
+                def step(): state[0] = model(tok, cache=state[0]).cache
+                row.update(prefill_tokens_per_s=n / t_pre, decode_s=time_call(step, dev, repeats=5), decode_ops=count_ops(step),
+                           cache_bytes=nbytes, peak_bytes=peak_memory(prefill, dev))
+                del state, first
             except torch.OutOfMemoryError:
                 row.update(error="OOM")
             if dev.type == "cuda": torch.cuda.empty_cache()
@@ -314,7 +325,7 @@ def _fmt(r: dict) -> str:
     if "error" in r: return r["error"]
     parts = [f"{r['tokens_per_s']:,.0f} tokens/s"] if "tokens_per_s" in r else []
     if r.get("mfu") is not None: parts.append(f"MFU {r['mfu']:.1%}")
-    if "decode_s" in r: parts += [f"prefill {r['prefill_tokens_per_s']:,.0f} tokens/s", f"decode {r['decode_s'] * 1e3:.2f} ms/token",
+    if "decode_s" in r: parts += [f"prefill {r['prefill_tokens_per_s']:,.0f} tokens/s", f"decode {r['decode_s'] * 1e3:.2f} ms/token" + (f" ({r['decode_ops']:,} ops)" if "decode_ops" in r else ""),
                                   f"cache {r['cache_bytes'] / 2**20:.2f} MiB"]
     if r.get("peak_bytes") is not None: parts.append(f"peak {r['peak_bytes'] / 2**30:.2f} GiB")
     return ", ".join(parts)

@@ -240,4 +240,4 @@ def decode_step(model: MegalodonForCausalLM,
         states.append(s)
     y, final = _tsn_step(x, cache.final, plan.final)
     logits = _as(torch.mm(y, plan.head), torch.float32)
-    return logits, MegalodonCache(states, final, logits, cache.signature)
+    return logits, type(cache)(states, final, logits, cache.signature)  # the caller's cache class (notebook 06 defines its own while it runs)
