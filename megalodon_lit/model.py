@@ -255,8 +255,10 @@ def _check_call(model: MegalodonForCausalLM, input_ids, labels, cache):
 
 # %% ../nbs/06_model.ipynb #842d097b
 def _decodes(model: MegalodonForCausalLM, input_ids: Tensor) -> bool:
-    "Whether a one-token call may take the decode step: no gradients, no dropout, no autocast, not the reference backend."
-    return not (torch.is_grad_enabled() or model.training or model.config.backend == "ref" or torch.is_autocast_enabled(input_ids.device.type))
+    "Whether a one-token call may take the decode step: no gradients, no dropout, no autocast, not the reference backend, not compiling."
+    # torch.compile traces the readable path (the decode step keeps Python-side ring bookkeeping that a graph cannot hold)
+    return not (torch.is_grad_enabled() or model.training or model.config.backend == "ref" or torch.is_autocast_enabled(input_ids.device.type)
+                or torch.compiler.is_compiling())
 
 def _forward(self: MegalodonForCausalLM,
              input_ids: Tensor, # [B, L] token ids in [0, V)
@@ -347,7 +349,8 @@ def _generate(self: MegalodonForCausalLM,
         else: _check_call(self, torch.zeros(cache.batch_size, 1, dtype=torch.long, device=cache.last_logits.device), None, cache)
         done = torch.zeros(cache.batch_size, dtype=torch.bool, device=cache.last_logits.device)
         from megalodon_lit.decode import decode_plan, decode_step  # notebook 09: the plan is built once, then no per-step checks
-        plan = decode_plan(self) if _decodes(self, cache.last_logits) else None
+        compiled = getattr(self, "_compiled_call_impl", None) is not None  # after nn.Module.compile() the steps go through the compiled forward
+        plan = decode_plan(self) if _decodes(self, cache.last_logits) and not compiled else None
         new = []
         for _ in range(max_new_tokens):
             tok = sample_next(cache.last_logits, temperature, top_k, top_p, generator)
