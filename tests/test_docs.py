@@ -66,7 +66,7 @@ def test_every_notebook_is_a_page(site):
 
 
 @pytest.mark.parametrize("name,needle", [("deviations", "RoPE"), ("deviations", "megalodon-hf"), ("changelog", "Unreleased"),
-                                         ("reference", "cff8ba5"), ("reference", "ema_parameters"), ("performance", "GPU targets")])
+                                         ("reference", "cff8ba5"), ("reference", "ema_parameters"), ("limits", "GPU targets")])
 def test_hand_written_pages(site, name, needle):
     html = page(site, name)
     assert needle in html
@@ -142,7 +142,7 @@ def test_title_cell_text_is_kept(site):
 
 # --- Citations a reader can follow ------------------------------------------------------------------------------
 # The project's design notes live outside the repository: a reader of the site, of a clone or of the installed
-# package cannot open them, so nothing may cite them (docs/pages/reference.md and docs/pages/performance.md hold
+# package cannot open them, so nothing may cite them (docs/pages/reference.md and docs/pages/limits.md hold
 # what readers need of them). The names are assembled so that this file does not cite them itself.
 _NOTES = ["upstream" + "-spec", "house" + "-style"]  # distinctive enough to count with or without ".md"
 _NOTES_MD = ["performance", "architecture", "toolchain"]  # common words: only as file names

@@ -35,7 +35,7 @@ RE_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$", re.M)
 RE_FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
 # Hand-written pages (markdown), listed after the notebooks in this order; others follow by name.
 PAGES = ROOT / "docs" / "pages"
-PAGE_ORDER = ["reference", "performance", "deviations", "changelog"]
+PAGE_ORDER = ["reference", "limits", "deviations", "changelog"]
 RE_PAGE_LINK = re.compile(r"\]\(\.\./docs/pages/([\w.-]+\.md)")
 
 
