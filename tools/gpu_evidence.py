@@ -161,16 +161,6 @@ def bench_ms(fn, rep: int = 60, grad_to_none=None) -> float:
     return do_bench(fn, warmup=10, rep=rep, grad_to_none=grad_to_none, return_mode="median")
 
 
-def events_ms(fn, n: int = 3) -> float:
-    "Median milliseconds of n calls after one warm-up, each between CUDA events (for calls of a second or more)."
-    if SIM: return median_time(fn, repeats=1, warmup=0) * 1e3
-    fn(); ts = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b))
-    return sorted(ts)[len(ts) // 2]
-
-
 def wide(t: torch.Tensor) -> torch.Tensor: return t.to(torch.complex128 if t.is_complex() else torch.float64)
 
 
@@ -428,12 +418,8 @@ def part_parity_model(ev: Evidence) -> None:
 
 # --------------------------------------------------------------------------------------------------------- kernels
 def machine_limits() -> dict:
-    n = 2 ** 28 if not SIM else 2 ** 16
-    x = torch.empty(n, device=DEV); y = torch.empty_like(x)
-    copy = 2 * x.nbytes / bench_ms(lambda: y.copy_(x)) / 1e6
-    m = 8192 if not SIM else 128
-    a = torch.randn(m, m, device=DEV, dtype=torch.bfloat16 if not SIM else torch.float32); b = torch.randn_like(a)
-    return dict(copy_GBps=copy, bf16_matmul_TFLOPs=2 * m ** 3 / bench_ms(lambda: a @ b) / 1e9)
+    "The copy bandwidth and matmul rate every fraction refers to, measured as the benchmarks measure them."
+    return dict(copy_GBps=bench.copy_bandwidth(DEV) / 1e9, bf16_matmul_TFLOPs=bench.matmul_rate(DEV) / 1e12)
 
 
 def cema_speed(name: str, fn, B, D, N, L, dtype, bwd: bool) -> dict:
@@ -513,26 +499,14 @@ def part_kernels_attention(ev: Evidence) -> None:
 
 # ------------------------------------------------------------------------------------------------------ end to end
 def train_row(model, L: int, compile: bool = False) -> dict:
-    "One training step (forward, loss, backward, AdamW; bf16 autocast on CUDA): median time and tokens/s."
-    model = model.to(DEV).train()
-    V = model.config.vocab_size if hasattr(model, "config") else model.vocab_size
-    ids = torch.randint(0, V, (1, L), device=DEV)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    run = torch.compile(model) if compile else model
-    def step():
-        with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=not SIM):
-            loss = run(ids, labels=ids).loss
-        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-    t0 = time.monotonic(); step()
-    if not SIM: torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
-    first = time.monotonic() - t0
-    ms = events_ms(step, n=3)
-    r = dict(seq_len=L, step_ms=ms, tokens_per_s=L / ms * 1e3, first_step_s=first)
-    if not SIM: r["peak_GiB"] = torch.cuda.max_memory_allocated() / 2 ** 30
-    del opt
+    "One training step of `bench.bench_train` (forward, loss, backward, AdamW; bf16 autocast on CUDA), batch 1, as an evidence row."
+    r = bench.bench_train(model, L, 1, DEV, compile=compile)
     model.zero_grad(set_to_none=True)
-    if not SIM: torch.cuda.empty_cache()
-    return r
+    if "error" in r: raise RuntimeError(f"training step at L={L}: {r['error']}")
+    row = dict(seq_len=L, step_ms=r["step_s"] * 1e3, tokens_per_s=r["tokens_per_s"])
+    if "first_step_s" in r: row["first_step_s"] = r["first_step_s"]
+    if r.get("peak_bytes") is not None: row["peak_GiB"] = r["peak_bytes"] / 2 ** 30
+    return row
 
 
 def decode_rows(model, contexts, dtype) -> list[dict]:

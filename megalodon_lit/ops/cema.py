@@ -179,7 +179,7 @@ def _cema_chunk_fwd_kernel(x_ptr, y_ptr, k_ptr, pin_ptr, gout_ptr, qT_ptr, qr_pt
 
 # %% ../../nbs/10_triton_cema.ipynb #a78517b1
 DOT_PRECISION = "tf32x3"  # float32 matmuls on tensor cores at ~float32 accuracy ("ieee" for CUDA-core FMA); never plain "tf32"
-# GPU launch options per kernel; section 6 sweeps them. The parameter kernel runs 4 warps: with 8, Triton 3.6 compiled
+# GPU launch options per kernel (not yet swept on a GPU; section 6). The parameter kernel runs 4 warps: with 8, Triton 3.6 compiled
 # its tf32x3 `X^T dY` product (the [T, T] lag sums M) into a shared-memory read out of bounds on an H200
 # (compute-sanitizer: invalid __shared__ read; M 0.94 off, larger shapes an illegal address), which the interpreter cannot show.
 LAUNCH = {"fwd": {"num_warps": 4}, "bwd": {"num_warps": 8}, "bwd_params": {"num_warps": 4}}
