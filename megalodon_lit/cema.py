@@ -126,9 +126,40 @@ def cema_fft(x: Tensor, # [B, D, L] real input
 
 # %% ../nbs/02_cema_paths.ipynb #5df655df
 def _toeplitz(k: Tensor) -> Tensor: # [D, T] -> [D, T, T] with M[d, t, s] = k[d, t - s] for s <= t, else 0
+    "Lower-triangular Toeplitz matrices of k: sliding windows over k with T - 1 zeros in front, read backwards."
     T = k.shape[-1]
-    lag = torch.arange(T, device=k.device)[:, None] - torch.arange(T, device=k.device)[None, :]
-    return k[:, lag.clamp(min=0)] * (lag >= 0)
+    return F.pad(k, (T - 1, 0)).unfold(-1, T, 1).flip(-1)  # window t holds k[t-T+1 .. t]; reversed, column s holds k[t-s]
+
+def _cast_flushed(table: Tensor, dtype: torch.dtype) -> Tensor:
+    "Like `_narrow`, but the flush is left out of the gradient: entries below dtype's smallest normal number are zeroed in the forward only."
+    out = table.to(dtype, copy=True)  # never flush the caller's tensor in place
+    with torch.no_grad(): out.masked_fill_(out.abs() < torch.finfo(dtype).tiny, 0)  # saves a [D, 2N, T] clone in the backward
+    return out
+
+def _chunk_tables(p: Tensor, # [D, N] real input weights
+                  q: Tensor, # [D, N] complex decay factors
+                  g: Tensor, # [D, N] complex output projection
+                  T: int, # chunk length
+                  dtype: torch.dtype, # working precision of the tables
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The chunked scan's tables, built from q^j = |q|^j (cos jθ + i sin jθ), j = 0..T, in float64 real arithmetic:
+    within [D, T, T], into [D, 2N, T] (p q^{T-1-s}), out [D, 2N, T] (g q^{t+1}, imaginary rows negated), all cast
+    to `dtype`; and the float64 powers (real, imaginary) [D, N, T+1]. Rows 2n and 2n+1 of a [D, 2N, ·] table are the
+    real and imaginary part of state n."""
+    D, N = p.shape
+    q, g = q.to(torch.complex128), g.to(torch.complex128).unsqueeze(-1)
+    j = torch.arange(T + 1, device=q.device, dtype=torch.float64)
+    radius = torch.exp(torch.log(q.abs()).unsqueeze(-1) * j)                 # |q|^j
+    angle = q.angle().unsqueeze(-1) * j
+    re, im = radius * torch.cos(angle), radius * torch.sin(angle)           # q^j  [D, N, T+1]
+    p64, gr, gi = p.to(torch.float64).unsqueeze(-1), g.real, g.imag
+    k = (p64 * (gr * re[..., :T] - gi * im[..., :T])).sum(1)               # k_j = Re Σ_n p g q^j   [D, T]
+    within = _toeplitz(_cast_flushed(k, dtype))
+    into = _cast_flushed(torch.stack([p64 * re[..., :T], p64 * im[..., :T]], 2).flip(-1).view(D, 2 * N, T), dtype)
+    gq_re, gq_im = gr * re[..., 1:] - gi * im[..., 1:], gr * im[..., 1:] + gi * re[..., 1:]
+    out = _cast_flushed(torch.stack([gq_re, -gq_im], 2).view(D, 2 * N, T), dtype)  # Re(S g q^{t+1}) = S_re·gq_re − S_im·gq_im
+    return within, into, out, re, im
+
 
 # %% ../nbs/02_cema_paths.ipynb #d5380768
 @_full_precision
@@ -142,27 +173,26 @@ def cema_chunked(x: Tensor, # [B, D, L] real input
     "CEMA as a chunked scan: Toeplitz matmuls within chunks, the state carried between them; the last state comes for free."
     B, D, L, N, rdt, cdt = _cema_inputs(x, p, q, g, h0)
     if not isinstance(chunk_size, int) or chunk_size < 1: raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-    state = h0.to(cdt) if h0 is not None else torch.zeros(B, D, N, dtype=cdt, device=x.device)
-    if L == 0: return x.new_zeros(B, D, 0), state
+    if L == 0: return x.new_zeros(B, D, 0), (h0.to(cdt) if h0 is not None else torch.zeros(B, D, N, dtype=cdt, device=x.device))
     T = min(chunk_size, L)
     nc, r = -(-L // T), L - (-(-L // T) - 1) * T                        # chunks; steps in the last one
-    xc = F.pad(x.to(rdt), (0, nc * T - L)).view(B, D, nc, T)
-    p64, g64 = p.to(torch.float64).unsqueeze(-1), g.to(torch.complex128).unsqueeze(-1)
-    powers = cema_powers(q, torch.arange(T + 1))                       # [D, N, T+1]: q^0 .. q^T
-    within = _narrow(_toeplitz(cema_kernel(p, q, g, T, powers)), rdt)     # [D, T, T] (from the same powers)
-    into_state = _narrow(p64 * powers[..., :T].flip(-1), cdt)           # [D, N, T]: p q^{T-1-s}
-    out_of_state = _narrow(g64 * powers[..., 1:], cdt)                  # [D, N, T]: g q^{t+1}
-    y = torch.einsum("dts,bdcs->bdct", within, xc)                      # 1. within chunks
-    u = _real_contract(xc, into_state, "bdcs,dns->bdcn")                # 2. into the state [B, D, nc, N]
-    qT, starts = _narrow(powers[..., T], cdt), []
-    for c in range(nc - 1):                                             # 3. carry across chunks
-        starts.append(state); state = qT * state + u[:, :, c]
+    within, into, out, re, im = _chunk_tables(p, q, g, T, rdt)
+    # Channels first: each product below is one batched matmul over D, chunks of all sequences side by side.
+    xd = F.pad(x.to(rdt), (0, nc * T - L)).transpose(0, 1).reshape(D, B * nc, T).contiguous()  # (a channels-last x gives a strided view)
+    y = torch.bmm(xd, within.transpose(1, 2))                          # 1. within chunks   [D, B·nc, T]
+    u = torch.view_as_complex(torch.bmm(xd, into.transpose(1, 2)).view(D, B, nc, N, 2))  # 2. into the state
+    state = h0.to(cdt).transpose(0, 1) if h0 is not None else torch.zeros(D, B, N, dtype=cdt, device=x.device)
+    qT, starts = _narrow(torch.complex(re[..., T], im[..., T]), cdt).unsqueeze(1), []
+    for u_c in u.unbind(2)[:-1]:                                        # 3. carry across chunks
+        starts.append(state); state = qT * state + u_c                  # (unbind: one backward for all chunks, not one per chunk)
     starts.append(state)
-    S = torch.stack(starts, 2)                                          # [B, D, nc, N]
-    y = y + torch.einsum("bdcn,dnt->bdct", S.real, out_of_state.real) - torch.einsum("bdcn,dnt->bdct", S.imag, out_of_state.imag)
-    last = _real_contract(xc[:, :, -1, :r], _narrow(p64 * powers[..., :r].flip(-1), cdt), "bds,dns->bdn")
-    h = _narrow(powers[..., r], cdt) * state + last                           # exact final state after step L-1
-    return y.reshape(B, D, nc * T)[..., :L].to(x.dtype), h
+    S = torch.view_as_real(torch.stack(starts, 2)).reshape(D, B * nc, 2 * N)
+    y = torch.baddbmm(y, S, out)                                        # 4. out of the state
+    # The exact final state: the last chunk's r steps weighted by the last r columns of `into` (p q^{r-1-s}).
+    last = torch.bmm(xd.view(D, B, nc, T)[:, :, -1, :r], into[:, :, T - r:].transpose(1, 2))
+    h = _narrow(torch.complex(re[..., r], im[..., r]), cdt).unsqueeze(1) * state + torch.view_as_complex(last.view(D, B, N, 2))
+    return y.view(D, B, nc * T).transpose(0, 1)[..., :L].to(x.dtype), h.transpose(0, 1)
+
 
 # %% ../nbs/02_cema_paths.ipynb #eb9f46cb
 SHORT_STEPS = 16  # up to this many steps the "torch" path runs the recurrence (measured in "Short inputs" below)
