@@ -20,8 +20,8 @@ from .cema_params import cema_coeffs, cema_powers, cema_kernel, theta_ladder, CE
 _all_ = ["cema_coeffs", "cema_powers", "cema_kernel", "theta_ladder", "CEMAParameters"]
 
 # %% auto #0
-__all__ = ['SHORT_STEPS', 'cema_recurrent', 'cema_bias', 'cema_last_state', 'cema_fft', 'cema_chunked', 'cema', 'ComplexEMA',
-           'cema_coeffs', 'cema_powers', 'cema_kernel', 'theta_ladder', 'CEMAParameters']
+__all__ = ['SHORT_STEPS', 'cema_recurrent', 'cema_bias', 'cema_last_state', 'cema_fft', 'default_chunk_size', 'cema_chunked',
+           'cema', 'ComplexEMA', 'cema_coeffs', 'cema_powers', 'cema_kernel', 'theta_ladder', 'CEMAParameters']
 
 # %% ../nbs/02_cema_paths.ipynb #f2d47ae4
 def _cema_inputs(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None):
@@ -162,16 +162,21 @@ def _chunk_tables(p: Tensor, # [D, N] real input weights
 
 
 # %% ../nbs/02_cema_paths.ipynb #d5380768
+def default_chunk_size(device: torch.device | str) -> int:
+    "The chunked scan's T when none is given: 32 on a CPU, where its float64 tables (O(D·N·T)) are the larger cost (measured in *Cost on the CPU*), else 64."
+    return 32 if torch.device(device).type == "cpu" else 64
+
 @_full_precision
 def cema_chunked(x: Tensor, # [B, D, L] real input
                  p: Tensor, # [D, N] real input weights
                  q: Tensor, # [D, N] complex decay factors
                  g: Tensor, # [D, N] complex output projection
                  h0: Tensor | None = None, # [B, D, N] complex state before step 0 (zeros if None)
-                 chunk_size: int = 64, # chunk length T
+                 chunk_size: int | None = None, # chunk length T (None: `default_chunk_size` of x's device)
                 ) -> tuple[Tensor, Tensor]: # y [B, D, L] in x's dtype, h [B, D, N] complex state after the last step
     "CEMA as a chunked scan: Toeplitz matmuls within chunks, the state carried between them; the last state comes for free."
     B, D, L, N, rdt, cdt = _cema_inputs(x, p, q, g, h0)
+    if chunk_size is None: chunk_size = default_chunk_size(x.device)
     if not isinstance(chunk_size, int) or chunk_size < 1: raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     if L == 0: return x.new_zeros(B, D, 0), (h0.to(cdt) if h0 is not None else torch.zeros(B, D, N, dtype=cdt, device=x.device))
     T = min(chunk_size, L)
@@ -203,7 +208,7 @@ def cema(x: Tensor, # [B, D, L] real input
          p: Tensor, q: Tensor, g: Tensor, # [D, N] coefficients from `cema_coeffs`
          h0: Tensor | None = None, # [B, D, N] complex initial state
          backend: str = "auto", # "ref" (recurrence), "torch" (chunked scan), "triton" (kernels, nb 10) or "auto"
-         chunk_size: int = 64, # chunk length of the chunked scan (the Triton kernel picks its own)
+         chunk_size: int | None = None, # chunk length of the chunked scan (None: `default_chunk_size`; the Triton kernel picks its own)
         ) -> tuple[Tensor, Tensor]: # y [B, D, L], h [B, D, N]
     "CEMA through the path `backend` selects (no ω term)."
     path = resolve_backend(backend, x, h0, available=("ref", "torch", "triton"))
@@ -225,10 +230,10 @@ class ComplexEMA(CEMAParameters):
                  embed_dim: int, # model width D
                  ndim: int = 16, # complex states per channel N
                  backend: str = "auto", # default path: "ref", "torch", "triton" or "auto"
-                 chunk_size: int = 64, # chunk length T of the chunked scan
+                 chunk_size: int | None = None, # chunk length T of the chunked scan (None: `default_chunk_size` of the input's device)
                 ):
         super().__init__(embed_dim, ndim)
-        if not isinstance(chunk_size, int) or chunk_size < 1: raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1): raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
         resolve_backend(backend, available=("ref", "torch", "triton"))
         self.backend, self.chunk_size = backend, chunk_size
 
