@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from _subproc import kill_group, popen, run
+from conftest import ROOT
 from megalodon_lit.data import (batch_at, check_fits, corpus_files, decode, encode, eval_windows, read_corpus,
                                 unigram_entropy)
 from megalodon_lit.model import MegalodonConfig
@@ -14,18 +15,8 @@ from megalodon_lit.model import MegalodonForCausalLM
 from megalodon_lit.train import (CHECKPOINT_FILES, TrainConfig, check_run_folder, TrainingDiverged, load_checkpoint, lr_at, recover_checkpoint,
                                  save_checkpoint, train)
 
-torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parent.parent
 CLI = [str(Path(sys.executable).parent / "megalodon-lit")]
 NANO = MegalodonConfig.from_preset("nano")
-
-
-@pytest.fixture(scope="module")
-def text_corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    src = Path(json.__file__).parent  # the json package's source: real text, ~60 KB
-    for f in sorted(src.glob("*.py")): (d / f.name).write_bytes(f.read_bytes())
-    return d
 
 
 def test_encode_decode_round_trip():
