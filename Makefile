@@ -22,7 +22,7 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/megalodon-lit demo --out demo_out
 
-## test: sync check, nbdev-test, pytest tests/, nbval, the docs site (-W), the site and JupyterLab in headless Chromium
+## test: sync check, pytest tests/, every notebook run once (nbval), the docs site (-W), the site and JupyterLab in headless Chromium, the kernels compiled for sm_90
 test: setup
 	bash tools/test.sh
 

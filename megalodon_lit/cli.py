@@ -30,6 +30,7 @@ def verify_all(seed: int = 0, # random inputs
     from megalodon_lit.timestep_norm import timestep_norm
     from megalodon_lit.attention import attention_chunked, attention_ref, attention_step
     from megalodon_lit.block import MegalodonLayer, mega_layer_ref
+    from megalodon_lit.model import stream_logits
     seed_everything(seed)
     tab = ErrorTable("parity on this machine (relative error against the reference)")
     # CEMA: three paths vs the float64 recurrence, float32 and float64, with an initial state
@@ -64,11 +65,7 @@ def verify_all(seed: int = 0, # random inputs
     with torch.no_grad(): tab.add("Megalodon layer float64 (W=2)", layer(xl)[0], mega_layer_ref(layer, xl), 1e-10)
     model = MegalodonForCausalLM(MegalodonConfig.from_preset("nano", attention_chunks=2)).eval()
     ids = torch.randint(0, 256, (2, 45))
-    with torch.no_grad():
-        full, outs, cache, i = model(ids).logits, [], None, 0
-        for n in (1, 15, 3, 26):
-            o = model(ids[:, i:i + n], cache=cache, use_cache=True); outs.append(o.logits); cache = o.cache; i += n
-    tab.add("model streamed in pieces float32 logits", torch.cat(outs, 1), full, 1e-5)
+    with torch.no_grad(): tab.add("model streamed in pieces float32 logits", stream_logits(model, ids, [1, 15, 3, 26])[0], model(ids).logits, 1e-5)
     if triton or (triton is None and _triton_where() is not None): _triton_rows(tab)
     return tab
 
@@ -125,44 +122,36 @@ def bench_all(device: str | None = None, # None: CUDA if present, else CPU
               quick: bool = False, # smaller sizes (for tests)
               log=print,
              ) -> dict:
-    "Median times and ratios of the computation paths and of the model on this machine."
+    "Median times and ratios of the computation paths and of the model on this machine, timed as the benchmarks notebook times them."
+    from megalodon_lit.bench import bench_decode, time_call
     from megalodon_lit.cema import CEMAParameters, cema_chunked, cema_fft, cema_recurrent
     from megalodon_lit.timestep_norm import timestep_norm
     from megalodon_lit.attention import attention_chunked, attention_ref
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     L, reps = (256, 2) if quick else (2048, 3)
+    timed = lambda fn: time_call(fn, dev, repeats=reps)  # medians of wall-clock calls on a CPU, do_bench on CUDA
     res = {}
     with torch.no_grad():
         p, q, g = (t.detach().to(dev) for t in CEMAParameters(64, 16).coeffs())
         x = torch.randn(2, 64, L, device=dev)
-        t = {n: median_time(lambda f=f: f(x, p, q, g), repeats=reps) for n, f in (("recurrence", cema_recurrent), ("fft", cema_fft), ("chunked", cema_chunked))}
+        t = {n: timed(lambda f=f: f(x, p, q, g)) for n, f in (("recurrence", cema_recurrent), ("fft", cema_fft), ("chunked", cema_chunked))}
         res["cema"] = t
         xt = torch.randn(4, L, 128, device=dev)
         args = (torch.zeros(128, device=dev), torch.zeros(128, device=dev), torch.zeros(4, dtype=torch.long, device=dev),
                 torch.zeros(4, 8, device=dev), torch.ones(4, 8, device=dev), 8)
-        res["timestep_norm"] = {b: median_time(lambda b=b: timestep_norm(xt, *args, backend=b), repeats=reps) for b in ("ref", "torch")}
+        res["timestep_norm"] = {b: timed(lambda b=b: timestep_norm(xt, *args, backend=b)) for b in ("ref", "torch")}
         qa = torch.randn(1, L, 2, 32, device=dev); va = torch.randn(1, L, 2, 64, device=dev)
-        res["attention"] = {"dense": median_time(lambda: attention_ref(qa, qa, va, 128), repeats=reps),
-                            "chunked": median_time(lambda: attention_chunked(qa, qa, va, 128), repeats=reps)}
+        res["attention"] = {"dense": timed(lambda: attention_ref(qa, qa, va, 128)), "chunked": timed(lambda: attention_chunked(qa, qa, va, 128))}
         if dev.type == "cuda" and triton_available():  # the kernels of notebooks 10-12 (timed on CUDA only: interpreter times mean nothing)
             from megalodon_lit.ops.cema import cema_triton
             from megalodon_lit.ops.attention import attention_triton
-            res["cema"]["triton"] = median_time(lambda: cema_triton(x, p, q, g), repeats=reps)
-            res["timestep_norm"]["triton"] = median_time(lambda: timestep_norm(xt, *args, backend="triton"), repeats=reps)
-            res["attention"]["triton"] = median_time(lambda: attention_triton(qa, qa, va, 128), repeats=reps)
-        model = MegalodonForCausalLM(MegalodonConfig.from_preset("tiny")).to(dev).eval()
-        ids = torch.randint(0, 256, (1, L), device=dev)
-        fwd = median_time(lambda: model(ids), repeats=reps)
-        c_short = model(ids[:, :min(L, 1024)], use_cache=True).cache
-        c_long = c_short
-        for a in range(0, 4 * L, L): c_long = model(ids, cache=c_long).cache
-        tok = ids[:, :1]
-        short, long_ = [], []
-        for _ in range(10 if quick else 40):
-            short.append(median_time(lambda: model(tok, cache=c_short), repeats=1, warmup=0))
-            long_.append(median_time(lambda: model(tok, cache=c_long), repeats=1, warmup=0))
-        res["model"] = {"forward tokens/s": L / fwd, "decode s/token": {c_short.seen: sorted(short)[len(short) // 2], c_long.seen: sorted(long_)[len(long_) // 2]},
-                        "cache bytes": {c_short.seen: c_short.nbytes, c_long.seen: c_long.nbytes}}
+            res["cema"]["triton"] = timed(lambda: cema_triton(x, p, q, g))
+            res["timestep_norm"]["triton"] = timed(lambda: timestep_norm(xt, *args, backend="triton"))
+            res["attention"]["triton"] = timed(lambda: attention_triton(qa, qa, va, 128))
+    # the model: prefill throughput at L tokens, and decode at L and 5L tokens of context (bench_decode's rows)
+    rows = bench_decode(MegalodonForCausalLM(MegalodonConfig.from_preset("tiny")), [L, 5 * L], dev, dtype=torch.float32)
+    res["model"] = {"forward tokens/s": rows[0]["prefill_tokens_per_s"], "decode s/token": {r["context"]: r["decode_s"] for r in rows},
+                    "decode operations/token": {r["context"]: r["decode_ops"] for r in rows}, "cache bytes": {r["context"]: r["cache_bytes"] for r in rows}}
     c, a, n = res["cema"], res["attention"], res["timestep_norm"]
     (s1, d1), (s2, d2) = res["model"]["decode s/token"].items()
     log(f"device {dev} ({platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} threads, L = {L}")

@@ -23,8 +23,8 @@ from .block import (INIT_MODES, LayerState, MegalodonBlock, MegalodonLayer, Norm
 
 # %% auto #0
 __all__ = ['PRESETS', 'MegalodonConfig', 'param_count', 'MegalodonCache', 'MegalodonOutput', 'causal_lm_loss', 'OutputLayer',
-           'MegalodonForCausalLM', 'sample_next', 'GenerateOutput', 'read_config', 'tensors_sha256', 'save_tensors',
-           'load_tensors', 'upstream_rope_freqs', 'to_upstream_state_dict', 'from_upstream_state_dict']
+           'MegalodonForCausalLM', 'stream_logits', 'sample_next', 'GenerateOutput', 'read_config', 'tensors_sha256',
+           'save_tensors', 'load_tensors', 'upstream_rope_freqs', 'to_upstream_state_dict', 'from_upstream_state_dict']
 
 # %% ../nbs/06_model.ipynb #8843989c
 @dataclass
@@ -289,6 +289,20 @@ def _forward(self: MegalodonForCausalLM,
     return MegalodonOutput(logits, loss, new)
 
 MegalodonForCausalLM.forward = _forward
+
+# %% ../nbs/06_model.ipynb #6ec1d018
+def stream_logits(model: MegalodonForCausalLM, # the model (in eval mode for a deterministic result)
+                  input_ids: Tensor, # [B, L] token ids
+                  cuts: list[int], # the lengths of the pieces, in order; they add up to L
+                 ) -> tuple[Tensor, MegalodonCache]: # the logits of every position [B, L, V], the cache after the last piece
+    "Feed `input_ids` in pieces of the given lengths, carrying the cache from each call to the next: the streaming side of every 'streaming equals one call' check."
+    if any(n < 1 for n in cuts) or sum(cuts) != input_ids.shape[1]:
+        raise ValueError(f"cuts must be positive lengths adding up to {input_ids.shape[1]}, got {list(cuts)}")
+    out, cache, i = [], None, 0
+    for n in cuts:
+        o = model(input_ids[:, i:i + n], cache=cache, use_cache=True)
+        out.append(o.logits); cache, i = o.cache, i + n
+    return torch.cat(out, 1), cache
 
 # %% ../nbs/06_model.ipynb #7390bd49
 def sample_next(logits: Tensor, # [B, V] float logits

@@ -1,12 +1,9 @@
 "torch.compile of the model: one graph (no break), outputs and gradients as in eager mode, on the PyTorch and the Triton paths."
 import importlib.util
-import os
 import shutil
 
 import pytest
 import torch
-
-if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
 
 from megalodon_lit.core import rel_err
 from megalodon_lit.model import MegalodonConfig, MegalodonForCausalLM

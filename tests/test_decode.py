@@ -3,19 +3,12 @@ steps (copy-on-write ring), the plan rebuilt when a parameter changes, and the p
 import pytest
 import torch
 
+from conftest import perturbed
 from megalodon_lit.core import rel_err, seed_everything
 from megalodon_lit.decode import RingKVCache, decode_plan, decode_step
 from megalodon_lit.model import MegalodonConfig, MegalodonForCausalLM
 
-torch.set_num_threads(1)
 EVENTS_PER_STEP = 780  # measured 769 with torch 2.13.0 (readable path: 3,573)
-
-
-def perturbed(model):
-    with torch.no_grad():
-        for p in model.parameters():
-            if torch.all(p == 0): p.normal_(0, 0.2)
-    return model.eval()
 
 
 @pytest.mark.parametrize("W,opts", [(1, {}), (2, dict(swiglu=True, rescale_nffn=True)), (3, dict(scale_emb=True, norm_affine=False))])

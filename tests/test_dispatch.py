@@ -3,21 +3,17 @@
 Each kernel has its own parity tests (tests/test_ops_*.py, nbs/10-12); these check the wiring: that
 `backend="triton"` reaches the kernels from the public functions and the model, forward, backward and the
 streaming decode path, and that "auto" chooses as documented."""
-import os
 import pytest
 import torch
-
-if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
 
 pytest.importorskip("triton")
 from megalodon_lit.attention import attention_ref, attention_step
 from megalodon_lit.core import rel_err, resolve_backend
 from megalodon_lit.model import MegalodonConfig, MegalodonForCausalLM
 
-torch.set_num_threads(1)
 TOL = 1e-5
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-DEV = torch.device("cpu") if INTERPRET else torch.device("cuda")
+from conftest import KERNEL_DEVICE as DEV  # noqa: E402
+INTERPRET = DEV.type == "cpu"  # the kernels run in Triton's interpreter
 
 
 # Smaller than the nano preset: the interpreter runs every program of a kernel in numpy, one after another.

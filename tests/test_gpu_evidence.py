@@ -2,9 +2,8 @@
 interpreter, tiny sizes): rows saved, a CUDA error ending the worker and a fresh one resuming after it, and the
 merge of several calls' results under kernels/results/."""
 import json, os, signal, subprocess, sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 SCRIPT = ROOT / "tools" / "gpu_evidence.py"
 
 

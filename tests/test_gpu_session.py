@@ -3,7 +3,7 @@ GPU_BENCH_SIZE=cpu) in a scratch copy: parts, time budget, results packed into $
 import json, os, shutil, subprocess, sys, tarfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 
 
 def _session(tree: Path, out: Path, *parts: str, budget: int) -> subprocess.CompletedProcess:

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 import megalodon_lit
+from conftest import perturbed
 from megalodon_lit.core import rel_err, seed_everything
 from megalodon_lit.model import (PRESETS, MegalodonCache, MegalodonConfig, MegalodonForCausalLM, from_upstream_state_dict,
-                                 param_count, sample_next, to_upstream_state_dict, upstream_rope_freqs)
+                                 param_count, sample_next, stream_logits, to_upstream_state_dict, upstream_rope_freqs)
 
-torch.set_num_threads(1)
 UPSTREAM = ("mega200M", "mega1.3B", "mega1.3B_pg19", "mega7.1B", "mega7.3B")
 OPTIONS = [dict(), dict(swiglu=True), dict(scale_emb=True), dict(share_emb=True), dict(rescale_nffn=True),
            dict(swiglu=True, scale_emb=True, share_emb=True, rescale_nffn=True), dict(norm_affine=False)]
@@ -25,23 +25,6 @@ def scaled(name: str, **overrides) -> MegalodonConfig:
     return replace(c, vocab_size=97, num_layers=2, model_dim=c.model_dim // 64, z_dim=c.z_dim // 32, value_dim=c.value_dim // 64,
                    ffn_hidden_dim=c.ffn_hidden_dim // 64, chunk_size=8, norm_num_groups=c.norm_num_groups // 8, cema_ndim=4,
                    **overrides).validate()
-
-
-def perturbed(model):
-    "Move zero-initialised offsets and biases away from zero so every parameter matters."
-    with torch.no_grad():
-        for p in model.parameters():
-            if torch.all(p == 0): p.normal_(0, 0.2)
-    return model.eval()
-
-
-def stream(model, ids, cuts):
-    out, cache, i = [], None, 0
-    for n in cuts:
-        o = model(ids[:, i:i + n], cache=cache, use_cache=True)
-        out.append(o.logits); cache = o.cache; i += n
-    assert i == ids.shape[1]
-    return torch.cat(out, 1), cache
 
 
 def random_cuts(L, seed, most):
@@ -61,9 +44,11 @@ def test_streaming_equals_full_scaled_presets(name, W):
     with torch.no_grad():
         full = model(ids).logits
         for cuts in ([1] * 29, random_cuts(29, W, 11), [8, 8, 13]):
-            got, cache = stream(model, ids, cuts)
+            got, cache = stream_logits(model, ids, cuts)
             assert float((got - full).abs().max()) <= 1e-4, cuts
             assert cache.seen == 29
+    with pytest.raises(ValueError, match="adding up to 29"): stream_logits(model, ids, [8, 8])
+    with pytest.raises(ValueError, match="adding up to 29"): stream_logits(model, ids, [30, -1])
 
 
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "+".join(o) or "defaults")

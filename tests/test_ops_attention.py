@@ -1,18 +1,16 @@
 "Triton attention kernels (megalodon_lit.ops.attention) in the CPU interpreter: forward, backward, DropKey, decode."
-import os
 import random
 
 import pytest
 import torch
 
-if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
 pytest.importorskip("triton")
 
 from megalodon_lit.attention import _softmax_attend, attention_mask, attention_ref
 from megalodon_lit.core import rel_err
 from megalodon_lit.ops.attention import attention_decode_triton, attention_triton, dropkey_mask
 
-DEV = torch.device("cuda") if os.environ.get("TRITON_INTERPRET", "0") in ("", "0") else torch.device("cpu")
+from conftest import KERNEL_DEVICE as DEV
 # Measured in the interpreter (notebook 12): float32 outputs and gradients within 1e-6 of the float64 reference.
 TOL = 1e-5
 

@@ -1,10 +1,7 @@
 "Triton CEMA kernels (megalodon_lit.ops.cema) in the CPU interpreter: step and chunked forward, chunked backward, edge cases."
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
 pytest.importorskip("triton")
 
 from megalodon_lit.cema import CEMAParameters, ComplexEMA, cema_coeffs, cema_recurrent
@@ -16,7 +13,7 @@ import megalodon_lit.core as core  # noqa: E402
 # write then fails the parity checks on a GPU too.
 core.POISON = True
 
-DEV = torch.device("cuda") if os.environ.get("TRITON_INTERPRET", "0") in ("", "0") else torch.device("cpu")
+from conftest import KERNEL_DEVICE as DEV  # noqa: E402
 # Measured in the interpreter (notebook 10, section 5's table of layer gradients): float32 outputs and gradients
 # within 3e-6 of the float64 reference (the largest, 2.94e-6, is d theta through cema_coeffs in float32); the
 # kernels alone within 3e-7 (2.47e-7 at most, dh0 with T = 64).

@@ -15,10 +15,9 @@ import sys
 import pytest
 import torch
 
-if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from megalodon_lit.core import rel_err, triton_interpreting  # noqa: E402
+from megalodon_lit.core import rel_err  # noqa: E402
 from megalodon_lit.ops.timestep_norm import _tsn_triton, timestep_norm_triton  # noqa: E402
 import megalodon_lit.core as core  # noqa: E402
 
@@ -27,7 +26,7 @@ import megalodon_lit.core as core  # noqa: E402
 core.POISON = True
 from megalodon_lit.timestep_norm import _tsn_torch, timestep_norm, timestep_norm_ref  # noqa: E402
 
-DEV = "cpu" if triton_interpreting() or not torch.cuda.is_available() else "cuda"
+from conftest import KERNEL_DEVICE as DEV  # noqa: E402
 TOL32 = 1e-5
 
 

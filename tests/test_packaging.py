@@ -1,11 +1,10 @@
 """The package installs into a fresh virtual environment (not editable, through the project's constraints) and its
 `megalodon-lit` command answers --help for every subcommand there."""
 import shutil, subprocess, venv
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 SUBCOMMANDS = ["demo", "train", "generate", "verify", "bench", "info"]
 
 

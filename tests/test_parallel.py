@@ -5,7 +5,7 @@ the others stop with a clear error within a bounded time, and `torchrun -m megal
 
 Each rank is a subprocess running this file as a script (`python tests/test_parallel.py worker …`); ranks save their
 results with torch.save and the test process computes the single-process reference itself."""
-import json, os, re, signal, socket, subprocess, sys, time
+import json, os, re, signal, subprocess, sys, time
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from _subproc import kill_group, popen, run
+from conftest import free_port, perturbed
 from megalodon_lit.core import rel_err
 from megalodon_lit.model import MegalodonConfig, MegalodonForCausalLM
 
@@ -27,11 +28,7 @@ B = 2
 def build(W, dtype):
     "The same model on every process: nano, zero-initialised offsets moved away from zero so every parameter matters."
     torch.manual_seed(0)
-    model = MegalodonForCausalLM(MegalodonConfig.from_preset("nano", attention_chunks=W)).to(dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            if torch.all(p == 0): p.normal_(0, 0.2)
-    return model
+    return perturbed(MegalodonForCausalLM(MegalodonConfig.from_preset("nano", attention_chunks=W)).to(dtype), train=True)
 
 
 def batch(L, seed=1):
@@ -98,11 +95,6 @@ def worker(out_dir):
 
 
 # ---- test side --------------------------------------------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
 
 def launch(n, out_dir, wait_s=120, wait_for=None):
     "Start n ranks; return (exit codes, seconds each took, stderr) once the ranks `wait_for` (default all) have exited or `wait_s` has passed; kill the rest."

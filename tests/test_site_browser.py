@@ -14,14 +14,14 @@ menu's Run → Run All Cells and must finish with every cell executed and no err
 notebook that raises shows that the check sees errors.
 
 Screenshots (home page, one notebook page, JupyterLab after the run) go to build/screenshots/."""
-import ast, json, os, re, secrets, shutil, socket, subprocess, sys, time, urllib.request
+import ast, json, os, re, secrets, shutil, subprocess, sys, time, urllib.request
 import functools, http.server, threading
 from html import unescape
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, free_port  # noqa: E402
 sys.path.insert(0, str(ROOT / "tools"))
 from cdp import Browser, CDPError  # noqa: E402
 
@@ -228,12 +228,6 @@ def test_screenshots(site, page):
 
 # ---------------------------------------------------------------------------------------------
 # JupyterLab
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def lab():

@@ -1,4 +1,4 @@
-"""Data edge cases, the training loop (loss falls, interrupt + resume == uninterrupted, checkpoints refuse
+"""The training loop (loss falls, interrupt + resume == uninterrupted, checkpoints refuse
 other configurations) and the `megalodon-lit` command (every subcommand, through the installed entry point)."""
 import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
@@ -7,79 +7,14 @@ import pytest
 import torch
 
 from _subproc import kill_group, popen, run
-from megalodon_lit.data import (batch_at, check_fits, corpus_files, decode, encode, eval_windows, read_corpus,
-                                unigram_entropy)
+from conftest import ROOT
 from megalodon_lit.model import MegalodonConfig
 from megalodon_lit.model import MegalodonForCausalLM
 from megalodon_lit.train import (CHECKPOINT_FILES, TrainConfig, check_run_folder, TrainingDiverged, load_checkpoint, lr_at, recover_checkpoint,
                                  save_checkpoint, train)
 
-torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parent.parent
 CLI = [str(Path(sys.executable).parent / "megalodon-lit")]
 NANO = MegalodonConfig.from_preset("nano")
-
-
-@pytest.fixture(scope="module")
-def text_corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    src = Path(json.__file__).parent  # the json package's source: real text, ~60 KB
-    for f in sorted(src.glob("*.py")): (d / f.name).write_bytes(f.read_bytes())
-    return d
-
-
-def test_encode_decode_round_trip():
-    s = "Megalodon — ∞ context, 東京\n"
-    assert decode(encode(s)) == s and encode(s).max() < 256
-    assert decode([0xE2, 0x88]) == "\ufffd"  # a cut UTF-8 sequence becomes U+FFFD, not an exception
-
-
-def test_corpus_sources(tmp_path, text_corpus):
-    with pytest.raises(FileNotFoundError, match="no such file"): read_corpus(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="contains no files"): read_corpus(tmp_path)
-    (tmp_path / "empty.txt").write_text("")
-    with pytest.raises(ValueError, match="is empty"): read_corpus(tmp_path)
-    (tmp_path / "blob.bin").write_bytes(b"\x00\x01\x02" * 100)
-    with pytest.raises(ValueError, match="is empty"): read_corpus(tmp_path)  # binary files are skipped
-    (tmp_path / "a.txt").write_text("hello")
-    assert decode(read_corpus(tmp_path).data) == "hello"
-    assert read_corpus(str(text_corpus / "*.py")).files == len(list(text_corpus.glob("*.py")))
-    c = read_corpus(text_corpus, max_bytes=1000)
-    assert len(c) == 1000
-    d = read_corpus(None, max_bytes=200_000)  # the default: this Python's own standard library source
-    assert len(d) == 200_000 and d.files >= 1 and all(p.suffix == ".py" for p in corpus_files(None)[:20])
-    with pytest.raises(ValueError, match="val_fraction"): c.split(1.5)
-    with pytest.raises(ValueError, match="max_bytes must be an int >= 1, got -5"): read_corpus(text_corpus, max_bytes=-5)
-
-
-def test_read_corpus_reads_only_what_it_needs(tmp_path):
-    "A 1 GB file under max_bytes=50_000 was read whole (a 3 GB one took 3.4 GB of memory): the peak memory must not grow by the file."
-    big = tmp_path / "big.txt"
-    with open(big, "wb") as f: f.write(b"def f(x):\n    return x\n" * 2000); f.truncate(1 << 30)  # sparse: no disk used
-    code = ("import resource, sys; from megalodon_lit.data import read_corpus\n"
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "c = read_corpus(sys.argv[1], max_bytes=50_000)\n"
-            "print(len(c), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
-    r = run([sys.executable, "-c", code, str(big)], timeout=120)
-    n, grew_mb = map(int, r.stdout.split())
-    assert n == 50_000 and grew_mb < 64, (n, grew_mb, r.stderr)
-
-
-def test_unigram_entropy_values():
-    assert unigram_entropy(torch.arange(256, dtype=torch.uint8)) == pytest.approx(8.0)
-    assert unigram_entropy(encode("aaaa")) == pytest.approx(0.0)
-    assert unigram_entropy(encode("abab")) == pytest.approx(1.0)
-
-
-def test_batches_are_a_function_of_the_step(text_corpus):
-    data = read_corpus(text_corpus).data
-    a, b = batch_at(data, 5, 4, 32, seed=1), batch_at(data, 5, 4, 32, seed=1)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[0][:, 1:], a[1][:, :-1])
-    assert not torch.equal(a[0], batch_at(data, 6, 4, 32, seed=1)[0])
-    wins = eval_windows(data, 4, 32, 3)
-    assert len(wins) == 3 and wins[0][0].shape == (4, 32)
-    with pytest.raises(ValueError, match="fewer than one batch"): check_fits(data[:100], 4, 32)
-    with pytest.raises(ValueError, match="fewer than one batch"): batch_at(data[:10], 0, 1, 32)
 
 
 def test_schedule():
