@@ -233,12 +233,12 @@ class AblatedConfig(MegalodonConfig):
 @dataclass
 class Budget:
     "What every run of the comparison shares: data, tokens, optimiser and evaluation."
-    tokens: int = 512_000 # training tokens (bytes) per run
+    tokens: int = 256_000 # training tokens (bytes) per run
     batch_size: int = 4
     seq_len: int = 512 # the training context
-    warmup: int = 30 # steps
-    eval_every: int = 25 # steps between held-out evaluations
-    eval_batches: int = 8 # held-out batches per evaluation (32 windows of 512 bytes with batch_size 4)
+    warmup: int = 15 # steps
+    eval_every: int = 10 # steps between held-out evaluations
+    eval_batches: int = 4 # held-out batches per evaluation (16 windows of 512 bytes with batch_size 4)
     final_windows: int = 128 # held-out windows of seq_len for the final number
     max_bytes: int = 16_000_000 # corpus bytes read (the stdlib source; the last 5% is held out)
 
@@ -356,7 +356,7 @@ def best_lr(rows: dict, size: str, arch: str, seed: int = 0) -> float | None:
 
 
 # %% ../nbs/08_vs_transformer.ipynb #00a3ff47
-def run_grid(phases: tuple[int, ...] = (1, 2, 3, 4), # 1 small sweep + 2nd seed, 2 long context, 3 large, 4 ablations
+def run_grid(phases: tuple[int, ...] = (1, 2, 3, 4, 5), # 1 small sweep + 2nd seed, 2 long context, 3 large, 4 ablations, 5 the extra lr and seeds of 2-4
              budget: Budget = Budget(), results: str | Path = RESULTS, out: str | Path = "runs/vs_transformer",
              sizes: dict | None = None, # {"small": fields, "large": fields} (default: `SIZES`)
              lrs: tuple[float, ...] = SMALL_LRS, factors: tuple[int, ...] = (1, 4, 16, 64), n_seqs: int = 3,
@@ -375,24 +375,26 @@ def run_grid(phases: tuple[int, ...] = (1, 2, 3, 4), # 1 small sweep + 2nd seed,
             for lr in lrs: run(size, arch, lr, 0)
             run(size, arch, best_lr(load_rows(results)["runs"], size, arch), 1)
     if 1 in phases: sweep("small", lrs)
-    if 2 in phases:
+    def long_context(seed):
         rows = load_rows(results)["runs"]
         for arch, window in (("megalodon", None), ("transformer", None), ("transformer", budget.seq_len)):
-            for seed in (0, 1):
-                key = run_key("small", arch, best_lr(rows, "small", arch), seed) + ("" if window is None else f"/window{window}")
-                if key in load_rows(results)["long_context"]: continue
-                model = load_model(Path(out) / run_key("small", arch, best_lr(rows, "small", arch), seed).replace("/", "_"))
-                r = long_context_eval(model, corpus, budget.seq_len, factors, n_seqs, window)
-                save_row(results, "long_context", key, {"arch": arch, "seed": seed, **r})
-                log(f"long context {key}: {[round(v, 3) for v in r['bucket_bpb']]} ({r['seconds']:.0f} s)")
+            run_dir = Path(out) / run_key("small", arch, best_lr(rows, "small", arch), seed).replace("/", "_")
+            key = run_key("small", arch, best_lr(rows, "small", arch), seed) + ("" if window is None else f"/window{window}")
+            if key in load_rows(results)["long_context"]: continue
+            r = long_context_eval(load_model(run_dir), corpus, budget.seq_len, factors, n_seqs, window)
+            save_row(results, "long_context", key, {"arch": arch, "seed": seed, **r})
+            log(f"long context {key}: {[round(v, 3) for v in r['bucket_bpb']]} ({r['seconds']:.0f} s)")
+    if 2 in phases: long_context(0)
+    best = lambda size, arch: best_lr(load_rows(results)["runs"], size, arch)
     if 3 in phases:
-        for arch in ("megalodon", "transformer"):
-            b = best_lr(load_rows(results)["runs"], "small", arch)
-            for lr in (b, b / 3): run("large", arch, lr, 0)  # larger models usually want a smaller step: the best small lr and a third of it
-            run("large", arch, best_lr(load_rows(results)["runs"], "large", arch), 1)
+        for arch in ("megalodon", "transformer"): run("large", arch, best("small", arch), 0)
     if 4 in phases:
-        b = best_lr(load_rows(results)["runs"], "small", "megalodon")
-        for ab in ABLATIONS: run("small", "megalodon", b, 0, ab)
-        for ab in ABLATIONS: run("small", "megalodon", b, 1, ab)  # a second seed, last: the first thing to go when time runs out
+        for ab in ABLATIONS: run("small", "megalodon", best("small", "megalodon"), 0, ab)
+    if 5 in phases:  # what makes phases 3 and 4 firmer, when time allows: a second learning rate and seed at the large size, a second seed of the ablations
+        for arch in ("megalodon", "transformer"):
+            run("large", arch, best("small", arch) / 3, 0)  # larger models usually want a smaller step: a third of the best small one
+            run("large", arch, best("large", arch), 1)
+        for ab in ABLATIONS: run("small", "megalodon", best("small", "megalodon"), 1, ab)
+        long_context(1)
     return load_rows(results)
 
