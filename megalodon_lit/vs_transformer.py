@@ -26,7 +26,7 @@ from .train import TrainConfig, checkpoint_arch, evaluate, train
 __all__ = ['SIZES', 'RESULTS', 'SMALL_LRS', 'ABLATIONS', 'sliding_window_attention', 'TransformerConfig', 'LlamaBaseline',
            'transformer_params', 'matched_transformer', 'model_config', 'count_params', 'AblatedConfig', 'Budget',
            'run_key', 'load_rows', 'save_row', 'run_one', 'position_losses', 'bucket_means', 'long_context_eval',
-           'load_model', 'best_lr', 'run_grid']
+           'find_results', 'load_model', 'best_lr', 'run_grid']
 
 # %% ../nbs/08_vs_transformer.ipynb #184ef230
 class _LlamaLayer(nn.Module):
@@ -344,6 +344,13 @@ RESULTS = Path("experiments/vs_transformer/results.json") # where the grid keeps
 SMALL_LRS = (1e-3, 3e-3, 1e-2) # the learning-rate sweep at the small size, the same for both architectures
 ABLATIONS = ("no_cema", "layernorm", "w2")
 
+def find_results(start: str | Path | None = None) -> Path:
+    "`RESULTS` under the working folder or the nearest folder above it that has one (the notebook runs in nbs/, its test copies deeper)."
+    here = Path(start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / RESULTS).is_file(): return d / RESULTS
+    raise FileNotFoundError(f"no {RESULTS} in {here} or above it: run the grid first (python tools/run_vs_transformer.py)")
+
 def load_model(run_dir: str | Path) -> nn.Module:
     "The trained model of one run folder (Megalodon or Transformer)."
     d = Path(run_dir) / "checkpoint"
@@ -372,7 +379,13 @@ def run_grid(phases: tuple[int, ...] = (1, 2, 3, 4, 5), # 1 small sweep + 2nd se
         log(f"{key}: {row['final_bpb']:.4f} bits/byte, {row['params']:,} parameters, {row['tokens']:,} tokens, {time.perf_counter() - t0:.0f} s")
     def sweep(size, lrs):
         for arch in ("megalodon", "transformer"):
-            for lr in lrs: run(size, arch, lr, 0)
+            grid = list(lrs)
+            for lr in grid: run(size, arch, lr, 0)
+            for _ in range(2):  # a best lr at either end of the sweep is not known to be the best: extend the sweep past it, the same rule for both
+                b = best_lr(load_rows(results)["runs"], size, arch)
+                if b not in (grid[0], grid[-1]) or len(grid) < 2: break
+                nxt = grid[-1] * grid[-1] / grid[-2] if b == grid[-1] else grid[0] * grid[0] / grid[1]
+                grid = sorted(grid + [nxt]); run(size, arch, nxt, 0)
             run(size, arch, best_lr(load_rows(results)["runs"], size, arch), 1)
     if 1 in phases: sweep("small", lrs)
     def long_context(seed):
