@@ -26,11 +26,12 @@ from torch import Tensor, nn
 from .core import median_time
 from .attention import apply_rope
 from .model import MegalodonConfig, MegalodonForCausalLM, MegalodonOutput, causal_lm_loss, param_count
+from .vs_transformer import LlamaBaseline  # defined in notebook 08_vs_transformer, which compares the two on equal budgets
 
 # %% auto #0
 __all__ = ['BENCH_SIZES', 'device_record', 'device_slug', 'time_call', 'peak_memory', 'matmul_rate', 'copy_bandwidth',
-           'LlamaBaseline', 'visible_keys', 'train_flops_per_token', 'bench_train', 'count_ops', 'bench_decode',
-           'profile_step', 'run_benchmarks', 'load_results', 'save_results']
+           'visible_keys', 'train_flops_per_token', 'bench_train', 'count_ops', 'bench_decode', 'profile_step',
+           'run_benchmarks', 'load_results', 'save_results']
 
 # %% ../nbs/20_benchmarks.ipynb #e5255269
 def device_record(device: str | torch.device = "cpu") -> dict:
@@ -87,60 +88,6 @@ def copy_bandwidth(device: str | torch.device = "cpu", # where to measure
     nbytes = nbytes or (2 ** 30 if dev.type == "cuda" else 2 ** 26)
     x = torch.empty(nbytes // 4, device=dev); y = torch.empty_like(x)
     return 2 * nbytes / time_call(lambda: y.copy_(x), dev)
-
-# %% ../nbs/20_benchmarks.ipynb #11d4ee3f
-class _LlamaLayer(nn.Module):
-    def __init__(self, dim: int, num_heads: int, ffn_hidden_dim: int, rope_base: float):
-        super().__init__()
-        self.H, self.rope_base = num_heads, rope_base
-        self.attn_norm, self.ffn_norm = nn.RMSNorm(dim), nn.RMSNorm(dim)
-        self.wqkv, self.wo = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim, bias=False)
-        self.w13, self.w2 = nn.Linear(dim, 2 * ffn_hidden_dim, bias=False), nn.Linear(ffn_hidden_dim, dim, bias=False)
-
-    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        B, L, D = x.shape
-        q, k, v = self.wqkv(self.attn_norm(x)).view(B, L, 3, self.H, D // self.H).unbind(2)  # [B, L, H, d] each
-        start = 0 if kv is None else kv[0].shape[1]
-        q, k = apply_rope(q, start, self.rope_base), apply_rope(k, start, self.rope_base)
-        if kv is not None: k, v = torch.cat([kv[0], k], 1), torch.cat([kv[1], v], 1)
-        # A new token attends to everything cached; a fresh sequence is causal.
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=kv is None)
-        x = x + self.wo(o.transpose(1, 2).reshape(B, L, D))
-        a, b = self.w13(self.ffn_norm(x)).chunk(2, -1)
-        return x + self.w2(F.silu(a) * b), (k, v)
-
-# %% ../nbs/20_benchmarks.ipynb #ff54cd2c
-class LlamaBaseline(nn.Module):
-    "A Llama-style Transformer (RMSNorm, RoPE, SDPA causal attention, SwiGLU) to compare Megalodon against."
-    def __init__(self, vocab_size: int, dim: int, num_layers: int, num_heads: int, ffn_hidden_dim: int, rope_base: float = 10000.0):
-        super().__init__()
-        if dim % num_heads or (dim // num_heads) % 2: raise ValueError(f"dim ({dim}) must split into num_heads ({num_heads}) heads of even width")
-        self.vocab_size = vocab_size
-        self.embed = nn.Embedding(vocab_size, dim)
-        self.layers = nn.ModuleList(_LlamaLayer(dim, num_heads, ffn_hidden_dim, rope_base) for _ in range(num_layers))
-        self.norm, self.head = nn.RMSNorm(dim), nn.Linear(dim, vocab_size, bias=False)
-
-    @classmethod
-    def matching(cls, config: MegalodonConfig) -> "LlamaBaseline":
-        "The Transformer with Megalodon `config`'s vocabulary, width, depth and FFN width."
-        head_dim = 128 if config.model_dim >= 512 else 64 if config.model_dim >= 64 else config.model_dim
-        return cls(config.vocab_size, config.model_dim, config.num_layers, config.model_dim // head_dim, config.ffn_hidden_dim)
-
-    def forward(self,
-                input_ids: Tensor, # [B, L]
-                labels: Tensor | None = None, # [B, L] (shifted inside, as in Megalodon)
-                cache: list | None = None, # per-layer (k, v) from a previous call; only one new token at a time
-                use_cache: bool = False, # return the (growing) cache
-               ) -> MegalodonOutput:
-        "Logits (and loss, and cache) in the same form as `MegalodonForCausalLM`."
-        if cache is not None and input_ids.shape[1] != 1: raise ValueError("with a cache, feed one token at a time")
-        x, new = self.embed(input_ids), []
-        for i, layer in enumerate(self.layers):
-            x, kv = layer(x, None if cache is None else cache[i])
-            new.append(kv)
-        logits = self.head(self.norm(x)).float()
-        loss = None if labels is None else causal_lm_loss(logits, labels)
-        return MegalodonOutput(logits, loss, new if (use_cache or cache is not None) else None)
 
 # %% ../nbs/20_benchmarks.ipynb #1acbc716
 def visible_keys(seq_len: int, # L

@@ -269,6 +269,8 @@ def _parser() -> argparse.ArgumentParser:
                        description="Train a byte-level Megalodon. The corpus is a file, a directory or a glob; by default the Python standard "
                                    "library's source. Checkpoints go to OUT/checkpoint; --resume continues one exactly.")
     _add_model_args(t)
+    t.add_argument("--arch", default=None, choices=("megalodon", "transformer"), help="megalodon (default), or the Llama-style Transformer "
+                   "with the preset's parameter count (notebook 08_vs_transformer); with --resume, the checkpoint's")
     t.add_argument("--corpus", default=None, help="file, directory or glob pattern of text (default: the Python stdlib source)")
     t.add_argument("--max-bytes", type=int, default=16_000_000, help="read at most this many corpus bytes")
     t.add_argument("--out", default="runs/megalodon", help="run folder (default: runs/megalodon)")
@@ -326,6 +328,22 @@ def _checkpoint_dir(path: str) -> Path:
     if (p / "config.json").is_file(): return p
     raise FileNotFoundError(f"{p} holds no checkpoint (expected config.json in it or in {p / 'checkpoint'})")
 
+def _megalodon_only(d: Path, command: str) -> Path:
+    "generate and info read Megalodon checkpoints: a Transformer one is refused in one line."
+    from megalodon_lit.train import checkpoint_arch
+    if checkpoint_arch(d) == "transformer": raise ValueError(f"{d} holds a Transformer (trained with --arch transformer); {command} reads Megalodon checkpoints only")
+    return d
+
+def _arch_config(a, config, saved: Path):
+    "--arch transformer: the Transformer with `config`'s parameter count (notebook 08_vs_transformer); a resume keeps the checkpoint's arch."
+    from megalodon_lit.train import checkpoint_arch
+    if a.resume and a.arch is not None and saved.is_file() and checkpoint_arch(saved.parent) != a.arch:
+        raise ValueError(f"{saved.parent} holds a {checkpoint_arch(saved.parent)} model: resume it with --arch {checkpoint_arch(saved.parent)}")
+    if a.arch != "transformer" or config is None: return config
+    if a.chunk_parallel is not None: raise ValueError("--chunk-parallel trains Megalodon only, not --arch transformer")
+    from megalodon_lit.vs_transformer import matched_transformer
+    return matched_transformer(config)
+
 def _check_args(a):
     "Refuse nonsense arguments in one line each, before anything starts (they used to surface as tracebacks from deep inside)."
     dev = getattr(a, "device", None)
@@ -363,6 +381,7 @@ def _cmd_train(a) -> int:
     if a.resume and a.preset is None:  # the checkpoint's configuration, with only the fields given here changed
         config = (replace(read_config(saved), **over) if saved.is_file() else None) if over else None
     else: config = MegalodonConfig.from_preset(a.preset or "tiny", **over)
+    config = _arch_config(a, config, saved)
     # built on every path, chunk-parallel included: its checks name a bad --steps, --batch-size, --lr ... before any process starts
     tc = TrainConfig(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, grad_accum=a.grad_accum, lr=a.lr, warmup=a.warmup,
                      eval_every=a.eval_every, save_every=a.save_every, seed=a.seed, autocast=a.autocast, max_minutes=a.max_minutes,
@@ -396,7 +415,7 @@ def _cmd_bench(a) -> int:
     return 0
 
 def _cmd_generate(a) -> int:
-    d = _checkpoint_dir(a.checkpoint)
+    d = _megalodon_only(_checkpoint_dir(a.checkpoint), "generate")
     V = read_config(d / "config.json").vocab_size
     if V != 256: raise ValueError(f"{d}: vocab_size is {V}; generate prints bytes, so it needs a byte-level model (vocab_size 256)")
     model = MegalodonForCausalLM.from_pretrained(d, device=a.device).eval()
@@ -424,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if bad else 0
         elif a.command == "bench": return _cmd_bench(a)
         elif a.command == "info":
-            if a.checkpoint: d = _checkpoint_dir(a.checkpoint); cfg, name = read_config(d / "config.json"), str(d)
+            if a.checkpoint: d = _megalodon_only(_checkpoint_dir(a.checkpoint), "info"); cfg, name = read_config(d / "config.json"), str(d)
             else: cfg, name = MegalodonConfig.from_preset(a.preset or "tiny"), a.preset or "tiny"
             print(info_text(cfg, name))
     except TrainingDiverged as e:  # not a usage error: the settings were valid, the run went wrong

@@ -23,8 +23,8 @@ from .model import MegalodonConfig, MegalodonForCausalLM, load_tensors, read_con
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FILES', 'RESUME_FIXED', 'TrainConfig', 'lr_at', 'TrainingDiverged', 'check_run_folder',
-           'recover_checkpoint', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'evaluate', 'Terminated', 'train',
-           'plot_history', 'stream_sample']
+           'recover_checkpoint', 'save_checkpoint', 'checkpoint_arch', 'build_model', 'load_checkpoint', 'TrainResult',
+           'evaluate', 'Terminated', 'train', 'plot_history', 'stream_sample']
 
 # %% ../nbs/07_train.ipynb #d80ec594
 @dataclass
@@ -155,22 +155,43 @@ def save_checkpoint(path: str | Path, # the checkpoint folder (replaced atomical
 
 
 # %% ../nbs/07_train.ipynb #4b4d5fde
+def checkpoint_arch(directory: str | Path) -> str: # "megalodon" or "transformer"
+    "Which model a checkpoint folder holds: its config.json says `arch: transformer` for the Transformer of notebook 08_vs_transformer; no `arch` is Megalodon."
+    try: d = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError): return "megalodon"  # read_config reports what is wrong with the file
+    return d.get("arch", "megalodon") if isinstance(d, dict) else "megalodon"
+
+def build_model(config) -> torch.nn.Module:
+    "The model a configuration describes: `MegalodonForCausalLM` for a `MegalodonConfig`, else the configuration's own `build()` (the Transformer, an ablation)."
+    return config.build() if hasattr(config, "build") else MegalodonForCausalLM(config)
+
+def _read_any_config(path: Path):
+    if checkpoint_arch(path) != "transformer": return read_config(path / "config.json")
+    from megalodon_lit.vs_transformer import TransformerConfig  # that notebook builds on this one: imported on use
+    return TransformerConfig.from_dict(json.loads((path / "config.json").read_text()))
+
 def load_checkpoint(path: str | Path, # a folder written by `save_checkpoint`
                     model_config: MegalodonConfig | None = None, # the configuration the caller expects (None: the checkpoint's)
                     device: str | torch.device = "cpu",
                    ) -> tuple[MegalodonForCausalLM, dict, dict]: # model, optimizer tensors, trainer record
-    "Read a training checkpoint, refusing one made for another model configuration."
+    "Read a training checkpoint (Megalodon or Transformer), refusing one made for another model configuration."
     path = Path(path)
     recover_checkpoint(path)
     for f in CHECKPOINT_FILES:
         if not (path / f).is_file(): raise FileNotFoundError(f"{path} is not a training checkpoint: {f} is missing")
-    saved = read_config(path / "config.json")
+    saved = _read_any_config(path)
+    if model_config is not None and type(saved) is not type(model_config):
+        raise ValueError(f"the checkpoint at {path} holds a {checkpoint_arch(path)} model, not a {type(model_config).__name__}: "
+                         f"resume with --arch {checkpoint_arch(path)}, or train into a new --out folder")
     if model_config is not None and saved != model_config:
         diff = [f"{f.name}: checkpoint {getattr(saved, f.name)!r} vs requested {getattr(model_config, f.name)!r}"
                 for f in fields(saved) if getattr(saved, f.name) != getattr(model_config, f.name)]
         raise ValueError(f"the checkpoint at {path} was made for another model configuration ({'; '.join(diff)}); "
                          "resume with the same settings, or train into a new --out folder")
-    model = MegalodonForCausalLM.from_pretrained(path, device=device)
+    if isinstance(saved, MegalodonConfig): model = MegalodonForCausalLM.from_pretrained(path, device=device)
+    else:
+        from megalodon_lit.vs_transformer import LlamaBaseline
+        model = LlamaBaseline.from_pretrained(path, device=device)
     try: record = json.loads((path / "trainer.json").read_text())
     except ValueError as e: raise ValueError(f"{path / 'trainer.json'} is not valid JSON ({e})") from None
     return model, load_tensors(path / "optimizer.safetensors"), record
@@ -298,7 +319,7 @@ def train(model_config: MegalodonConfig | None, # None: take it from the checkpo
         if ckpt.exists() and overwrite: shutil.rmtree(ckpt)
         if ckpt.exists(): raise FileExistsError(f"{ckpt} exists: pass resume=True (--resume) to continue it, or choose another out folder")
         seed_everything(tc.seed)
-        model, opt_tensors, start = MegalodonForCausalLM(model_config).to(device), None, 0
+        model, opt_tensors, start = build_model(model_config).to(device), None, 0
     check_run_folder(out)
     model.train()
     step_model = torch.compile(model) if tc.compile else model  # shares the parameters; evaluation and checkpoints use `model`
