@@ -14,7 +14,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..attention import _check_qkv
-from ..core import default_device, kernel_op, resolve_backend, triton_interpreting
+from ..core import default_device, KernelFunction, resolve_backend, triton_interpreting
 
 # %% ../../nbs/12_triton_attention.ipynb #attn011
 @triton.jit
@@ -361,54 +361,25 @@ def _attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: 
         dkdv(n_e, False, True); dkdv(1, True, False)
     return dq, dk, dv
 
-class _ChunkedAttention(torch.autograd.Function):
-    "Forward kernel; backward recomputes P from the saved log-sum-exp (O(L) memory)."
-    @staticmethod
-    def forward(ctx, q, k, v, C, W, p_drop, seed, blocks):
-        o, lse = _attention_fwd(q, k, v, C, W, p_drop, seed, blocks=blocks)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.args = (C, W, p_drop, seed, blocks)
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        return (*_attention_bwd(do, q, k, v, o, lse, *ctx.args), None, None, None, None, None)
-
 # %% ../../nbs/12_triton_attention.ipynb #b0537005
-# Inside torch.compile the kernels run as custom operators (core: `kernel_op`), opaque to the compiler. The DropKey seed
-# is a tensor there: drawing it as a Python int reads a value from a tensor, which would split the compiled graph.
-@kernel_op("attention_fwd", "(Tensor q, Tensor k, Tensor v, int C, int W, float p_drop, Tensor seed, int q_start, int k_start, int[]? blocks) -> (Tensor, Tensor)")
-def _attention_fwd_op(q, k, v, C, W, p_drop, seed, q_start, k_start, blocks):
+def _attention_fwd_impl(q, k, v, C, W, p_drop, seed, q_start, k_start, blocks):
+    "The forward kernel: o and the per-row log-sum-exp the backward rebuilds P from."
     return _attention_fwd(q, k, v, C, W, p_drop, int(seed), q_start, k_start, None if blocks is None else tuple(blocks))
 
-@_attention_fwd_op.register_fake
-def _(q, k, v, C, W, p_drop, seed, q_start, k_start, blocks):
+def _attention_fake(q, k, v, C, W, p_drop, seed, q_start, k_start, blocks):
     B, Lq, H, _ = q.shape
     return q.new_empty(B, Lq, H, v.shape[-1]), q.new_empty(B, H, Lq, dtype=torch.float32)
 
-@kernel_op("attention_bwd", "(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, int C, int W, float p_drop, Tensor seed, int[]? blocks) -> (Tensor, Tensor, Tensor)")
-def _attention_bwd_op(do, q, k, v, o, lse, C, W, p_drop, seed, blocks):
+def _attention_bwd_impl(grads, inputs, kept):
+    "The backward kernels from dO, the inputs, O and the log-sum-exp: dq, dk, dv."
+    (do,), (q, k, v, C, W, p_drop, seed, _, _, blocks), (o, lse) = grads, inputs, kept
     return _attention_bwd(do, q, k, v, o, lse, C, W, p_drop, int(seed), None if blocks is None else tuple(blocks))
 
-@_attention_bwd_op.register_fake
-def _(do, q, k, v, o, lse, C, W, p_drop, seed, blocks): return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-def _attention_op_setup(ctx, inputs, output):
-    q, k, v, C, W, p_drop, seed, _, _, blocks = inputs
-    ctx.save_for_backward(q, k, v, *output, seed)
-    ctx.args = (C, W, p_drop, blocks)
-
-def _attention_op_backward(ctx, do, _dlse):
-    q, k, v, o, lse, seed = ctx.saved_tensors
-    C, W, p_drop, blocks = ctx.args
-    return (*_attention_bwd_op(do, q, k, v, o, lse, C, W, p_drop, seed, blocks), None, None, None, None, None, None, None)
-
-_attention_fwd_op.register_autograd(_attention_op_backward, setup_context=_attention_op_setup)
+_attention_kernels = KernelFunction(
+    "attention", "(Tensor q, Tensor k, Tensor v, int C, int W, float p_drop, Tensor seed, int q_start, int k_start, int[]? blocks) -> (Tensor, Tensor)",
+    _attention_fwd_impl, _attention_fake, _attention_bwd_impl, grad_for=("q", "k", "v"), keep=(0, 1), shown=1)
 
 # %% ../../nbs/12_triton_attention.ipynb #attn034
-def _draw_seed() -> int: return int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64).item())
-
 def attention_triton(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
                      k: Tensor, # [B, L, H, dz] keys (RoPE applied)
                      v: Tensor, # [B, L, H, dv] values (dv may differ from dz)
@@ -427,12 +398,9 @@ def attention_triton(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
         raise NotImplementedError("the Triton kernel implements DropKey only; post-softmax dropout is in backend='torch'")
     p_drop = dropout if dropkey else 0.0
     if L == 0: return v.new_zeros(B, 0, H, dv)
-    if torch.compiler.is_compiling():  # the operators above; the seed stays a tensor
-        if p_drop > 0 and seed is None: seed_t = torch.randint(0, 2**31 - 1, (), dtype=torch.int64)
-        else: seed_t = torch.tensor(int(seed) if p_drop > 0 else 0)
-        return _attention_fwd_op(q, k, v, chunk_size, attention_chunks, p_drop, seed_t, 0, 0, blocks)[0]
-    seed = (_draw_seed() if seed is None else int(seed)) if p_drop > 0 else 0
-    return _ChunkedAttention.apply(q, k, v, chunk_size, attention_chunks, p_drop, seed, blocks)
+    if p_drop > 0 and seed is None: seed_t = torch.randint(0, 2**31 - 1, (), dtype=torch.int64)  # torch's generator
+    else: seed_t = torch.tensor(int(seed) if p_drop > 0 else 0)
+    return _attention_kernels(q, k, v, chunk_size, attention_chunks, p_drop, seed_t, 0, 0, blocks)[0]
 
 # %% ../../nbs/12_triton_attention.ipynb #attn040
 def attention_decode_triton(q: Tensor, # [B, n, H, dz] new queries at positions seen … seen+n−1 (RoPE applied)
@@ -455,9 +423,5 @@ def attention_decode_triton(q: Tensor, # [B, n, H, dz] new queries at positions 
     resolve_backend("triton", q, k_cache, v_cache, available=("triton",))
     cfg = _config(dz, v_cache.shape[-1], q.dtype)
     blocks = (16, cfg["BN"], cfg["BDV"]) if n <= 16 else None  # one small query tile for a decode step
-    if torch.compiler.is_compiling():
-        return _attention_fwd_op(q, k_cache, v_cache, chunk_size, attention_chunks, 0.0, torch.tensor(0), seen, seen + n - Lk, blocks)[0]
-    with torch.no_grad():
-        o, _ = _attention_fwd(q, k_cache, v_cache, chunk_size, attention_chunks, 0.0, 0,
-                              q_start=seen, k_start=seen + n - Lk, blocks=blocks)
-    return o
+    with torch.no_grad():  # inference only: the forward kernel, no autograd node
+        return _attention_kernels(q, k_cache, v_cache, chunk_size, attention_chunks, 0.0, torch.tensor(0), seen, seen + n - Lk, blocks)[0]

@@ -12,12 +12,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..core import kernel_op, out_buffer, triton_interpreting
+from ..core import KernelFunction, out_buffer, triton_interpreting
 from ..cema import _cema_inputs, _narrow, _needs_grad
 from ..cema_params import cema_powers, cema_kernel
 
 # %% auto #0
-__all__ = ['DOT_PRECISION', 'LAUNCH', 'cema_step_triton', 'CEMATriton', 'cema_triton']
+__all__ = ['DOT_PRECISION', 'LAUNCH', 'cema_step_triton', 'cema_triton']
 
 # %% ../../nbs/10_triton_cema.ipynb #77e8a88c
 def _as_pairs(z: Tensor) -> Tensor:
@@ -56,6 +56,22 @@ def _cema_step_fwd_kernel(x_ptr, y_ptr, p_ptr, q_ptr, g_ptr, h0_ptr, h_ptr, D, L
     tl.store(h_ptr + 2 * o_bdn + 1, b_hi, mask=m_dn)
 
 # %% ../../nbs/10_triton_cema.ipynb #c4f8d281
+def _step_launch(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None, block_d: int) -> tuple[Tensor, Tensor]:
+    "Launch the step kernel on contiguous, already checked inputs (no device read, so a decode step never waits on the GPU)."
+    (B, D, L), N = x.shape, p.shape[1]
+    y = out_buffer(*x.shape, device=x.device, dtype=x.dtype)
+    h = out_buffer(B, D, N, 2, device=x.device)
+    _cema_step_fwd_kernel[(B, triton.cdiv(D, block_d))](
+        x, y, p.detach().to(torch.float32).contiguous(), _as_pairs(q.detach()), _as_pairs(g.detach()),
+        _as_pairs(h0.detach()) if h0 is not None else h, h, D, L, N,
+        HAS_H0=h0 is not None, BD=block_d, BN=triton.next_power_of_2(N))
+    return y, torch.view_as_complex(h)
+
+def _step_fake(x, p, q, g, h0, BD): return x.new_empty(x.shape), x.new_empty(x.shape[0], x.shape[1], p.shape[1], dtype=torch.complex64)
+
+# forward only (no backward): a plain call in eager mode, an operator inside torch.compile (core: `KernelFunction`)
+_cema_step = KernelFunction("cema_step", "(Tensor x, Tensor p, Tensor q, Tensor g, Tensor? h0, int BD) -> (Tensor, Tensor)", _step_launch, _step_fake)
+
 def cema_step_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
                      p: Tensor, # [D, N] real input weights
                      q: Tensor, # [D, N] complex decay factors
@@ -66,19 +82,7 @@ def cema_step_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
     "CEMA forward by the step kernel: the recurrence, one program per (batch row, block of channels); no gradients."
     _cema_inputs(x, p, q, g, h0)
     if x.dtype == torch.float64: raise TypeError("the Triton kernels compute in float32; use cema_recurrent or cema_chunked for float64")
-    step = _cema_step_op if torch.compiler.is_compiling() else _step_launch  # the operator is opaque to the compiler (section 5)
-    return step(x.contiguous(), p, q, g, h0, block_d)
-
-def _step_launch(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None, block_d: int) -> tuple[Tensor, Tensor]:
-    "Launch the step kernel on contiguous, already checked inputs."
-    (B, D, L), N = x.shape, p.shape[1]
-    y = out_buffer(*x.shape, device=x.device, dtype=x.dtype)
-    h = out_buffer(B, D, N, 2, device=x.device)
-    _cema_step_fwd_kernel[(B, triton.cdiv(D, block_d))](
-        x, y, p.detach().to(torch.float32).contiguous(), _as_pairs(q.detach()), _as_pairs(g.detach()),
-        _as_pairs(h0.detach()) if h0 is not None else h, h, D, L, N,
-        HAS_H0=h0 is not None, BD=block_d, BN=triton.next_power_of_2(N))
-    return y, torch.view_as_complex(h)
+    return _cema_step(x.contiguous(), p, q, g, h0, block_d)
 
 # %% ../../nbs/10_triton_cema.ipynb #80b47ea9
 @triton.jit
@@ -422,63 +426,23 @@ def _chunk_bwd(x: Tensor, dy: Tensor, states: Tensor, dh: Tensor, p: Tensor, q: 
 
 
 # %% ../../nbs/10_triton_cema.ipynb #557488c1
-class CEMATriton(torch.autograd.Function):
-    "CEMA through the chunked Triton kernels, differentiable in x, p, q, g and h0."
-    @staticmethod
-    def forward(ctx, x, p, q, g, h0, T):
-        save = any(ctx.needs_input_grad[:5])
-        y, h, s = _chunk_fwd(x, p.detach(), q.detach(), g.detach(), None if h0 is None else h0.detach(), T, save)
-        if save: ctx.save_for_backward(x, p, q, g, s)
-        ctx.T, ctx.h0_dtype = T, None if h0 is None else h0.dtype
-        return y, h
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy, dh):
-        dx, dp, dq, dg, dh0 = _grads(dy, dh, *ctx.saved_tensors, ctx.T)
-        return dx, dp, dq, dg, None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype), None
-
-def _grads(dy, dh, x, p, q, g, s, T):
-    "The chunked backward with each gradient in its input's dtype (dh0 complex64)."
-    dx, dp, dq, dg, dh0 = _chunk_bwd(x, dy, s, dh.to(torch.complex64), p.detach(), q.detach(), g.detach(), T)
-    return dx, dp.to(p.dtype), dq.to(q.dtype), dg.to(g.dtype), dh0
-
-# %% ../../nbs/10_triton_cema.ipynb #da66979b
-@kernel_op("cema_chunk_fwd", "(Tensor x, Tensor p, Tensor q, Tensor g, Tensor? h0, int T, bool save) -> (Tensor, Tensor, Tensor)")
-def _cema_fwd_op(x, p, q, g, h0, T, save):
-    y, h, s = _chunk_fwd(x, p, q, g, h0, T, save)
+def _cema_fwd(x, p, q, g, h0, T, save):
+    "The chunked forward: y, h, and the chunk states if `save` (an empty tensor otherwise)."
+    y, h, s = _chunk_fwd(x, p.detach(), q.detach(), g.detach(), None if h0 is None else h0.detach(), T, save)
     return y, h, s if save else x.new_empty(0, dtype=torch.float32)
 
-@_cema_fwd_op.register_fake
-def _(x, p, q, g, h0, T, save):
+def _cema_fake(x, p, q, g, h0, T, save):
     (B, D, L), N = x.shape, p.shape[1]
     s = x.new_empty((B, D, triton.cdiv(L, T), 2, N) if save else (0,), dtype=torch.float32)
     return x.new_empty(x.shape), x.new_empty(B, D, N, dtype=torch.complex64), s
 
-@kernel_op("cema_chunk_bwd", "(Tensor dy, Tensor dh, Tensor x, Tensor p, Tensor q, Tensor g, Tensor s, int T) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
-def _cema_bwd_op(dy, dh, x, p, q, g, s, T): return _grads(dy, dh, x, p, q, g, s, T)
+def _cema_bwd(grads, inputs, kept):
+    "The chunked backward from dy, dh and the saved chunk states: dx, dp, dq, dg, dh0."
+    (dy, dh), (x, p, q, g, _, T, _), (s,) = grads, inputs, kept
+    return _chunk_bwd(x, dy, s, dh.to(torch.complex64), p.detach(), q.detach(), g.detach(), T)
 
-@_cema_bwd_op.register_fake
-def _(dy, dh, x, p, q, g, s, T):
-    # fresh contiguous tensors, as the kernels and the float64 finish return (a fake must match the real strides)
-    return x.new_empty(x.shape), p.new_empty(p.shape), q.new_empty(q.shape), g.new_empty(g.shape), x.new_empty(*dh.shape, dtype=torch.complex64)
-
-def _cema_op_setup(ctx, inputs, output):
-    x, p, q, g, h0, T, _ = inputs
-    ctx.save_for_backward(x, p, q, g, output[2])
-    ctx.T, ctx.h0_dtype = T, None if h0 is None else h0.dtype
-
-def _cema_op_backward(ctx, dy, dh, _ds):
-    dx, dp, dq, dg, dh0 = _cema_bwd_op(dy, dh, *ctx.saved_tensors, ctx.T)
-    return dx, dp, dq, dg, None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype), None, None
-
-_cema_fwd_op.register_autograd(_cema_op_backward, setup_context=_cema_op_setup)
-
-@kernel_op("cema_step", "(Tensor x, Tensor p, Tensor q, Tensor g, Tensor? h0, int BD) -> (Tensor, Tensor)")
-def _cema_step_op(x, p, q, g, h0, BD): return _step_launch(x, p, q, g, h0, BD)  # checks ran before (no device read per step)
-
-@_cema_step_op.register_fake
-def _(x, p, q, g, h0, BD): return x.new_empty(x.shape), x.new_empty(x.shape[0], x.shape[1], p.shape[1], dtype=torch.complex64)
+_cema_chunk = KernelFunction("cema_chunk", "(Tensor x, Tensor p, Tensor q, Tensor g, Tensor? h0, int T, bool save) -> (Tensor, Tensor, Tensor)",
+                             _cema_fwd, _cema_fake, _cema_bwd, grad_for=("x", "p", "q", "g", "h0"), keep=(2,), shown=2)
 
 # %% ../../nbs/10_triton_cema.ipynb #5aff162d
 def cema_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
@@ -497,7 +461,4 @@ def cema_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
     if L == 0:
         h = h0.to(torch.complex64) if h0 is not None else torch.zeros(B, D, N, dtype=torch.complex64, device=x.device)
         return x.new_zeros(B, D, 0), h
-    if torch.compiler.is_compiling():  # an opaque operator for the compiler (above)
-        y, h, _ = _cema_fwd_op(x.contiguous(), p, q, g, h0, T, _needs_grad(x, p, q, g, h0))
-        return y, h
-    return CEMATriton.apply(x.contiguous(), p, q, g, h0, T)
+    return _cema_chunk(x.contiguous(), p, q, g, h0, T, _needs_grad(x, p, q, g, h0))

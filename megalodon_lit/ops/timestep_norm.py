@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..core import kernel_op, out_buffer, triton_interpreting
+from ..core import KernelFunction, out_buffer, triton_interpreting
 from ..timestep_norm import _tsn_inputs
 
 # %% auto #0
@@ -382,16 +382,22 @@ def _tsn_bwd_split(x, dy, keep, n, Mt, rt, scale, Mf, sA, sB, G: int, BT: int | 
 
 # %% ../../nbs/11_triton_timestep_norm.ipynb #02d45460
 def _tsn_forward(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain):
-    "The forward kernels: the outputs (y, count, mean, var) and what the backward keeps (prepared inputs, per-step mean and rstd, Mf)."
+    "The forward kernels: the outputs (y, count, mean, var), then the per-step mean and rstd and Mf for the backward."
     x, keep, scale, shift, n0, m0, v0 = _prep(x, weight, bias, count, mean, var, padding_mask)
     fwd = _tsn_fwd_chain if chain else _tsn_fwd_split if split else _tsn_fwd_loop
     y, Mt, rt, Mf, Vf, _ = fwd(x, keep, scale, shift, n0, m0, v0, G, eps, BT)
     count_out = count.to(torch.int64) + keep.sum(1).to(torch.int64)
-    return (y, count_out, Mf.to(x.dtype), Vf.to(x.dtype)), (x, keep, scale, n0, m0, Mt, rt, Mf)
+    return y, count_out, Mf.to(x.dtype), Vf.to(x.dtype), Mt, rt, Mf.clone()  # Mf cloned: for float32 x, Mf.to(x.dtype) is Mf (outputs may not alias)
 
-def _tsn_backward(saved, dy, dMf, dVf, G, split, BT):
+def _tsn_fake(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain):
+    (B, L, _), f32 = x.shape, torch.float32
+    return (x.new_empty(x.shape), count.new_empty(B, dtype=torch.int64), x.new_empty(B, G), x.new_empty(B, G),
+            x.new_empty(B, L, G, dtype=f32), x.new_empty(B, L, G, dtype=f32), x.new_empty(B, G, dtype=f32))
+
+# %% ../../nbs/11_triton_timestep_norm.ipynb #38c8fde5
+def _tsn_backward(x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf, dy, dMf, dVf, G, split, BT):
     "The backward kernels and the incoming state's gradients: dx (x's dtype), dw, db [D], dm0, dv0 [B, G] (float32)."
-    x, keep, scale, n0, m0, Mt, rt, Mf = saved
+    x, keep, scale, _, n0, m0, _ = _prep(x, weight, bias, count, mean, var, padding_mask)
     dy = torch.zeros_like(x) if dy is None else dy.contiguous()
     dMf = torch.zeros_like(Mf) if dMf is None else dMf.float()
     dVf = torch.zeros_like(Mf) if dVf is None else dVf.float()
@@ -406,60 +412,16 @@ def _tsn_backward(saved, dy, dMf, dVf, G, split, BT):
     dv0 = n0[:, None] * Bt + torch.where(counted, 0., dVf)
     return dx, dw, db, dm0, dv0
 
-class _TimestepNormTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain):
-        outs, saved = _tsn_forward(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain)
-        ctx.save_for_backward(*saved)
-        ctx.cfg = (G, split, BT, weight.dtype, bias.dtype, mean.dtype, var.dtype)
-        ctx.mark_non_differentiable(outs[1])
-        return outs
+def _tsn_bwd(grads, inputs, kept):
+    (dy, _, dMf, dVf), (x, weight, bias, count, mean, var, G, _, padding_mask, split, BT, _) = grads, inputs
+    return _tsn_backward(x, weight, bias, count, mean, var, padding_mask, *kept, dy, dMf, dVf, G, split, BT)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy, _dcount, dMf, dVf):
-        G, split, BT, wdt, bdt, mdt, vdt = ctx.cfg
-        dx, dw, db, dm0, dv0 = _tsn_backward(ctx.saved_tensors, dy, dMf, dVf, G, split, BT)
-        return dx, dw.to(wdt), db.to(bdt), None, dm0.to(mdt), dv0.to(vdt), None, None, None, None, None, None
+_tsn_kernels = KernelFunction(
+    "tsn", "(Tensor x, Tensor weight, Tensor bias, Tensor count, Tensor mean, Tensor var, int G, float eps, Tensor? padding_mask, "
+    "bool split, int? BT, bool chain) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    _tsn_forward, _tsn_fake, _tsn_bwd, grad_for=("x", "weight", "bias", "mean", "var"), keep=(4, 5, 6), shown=4)
 
-# Inside torch.compile: the same two functions as custom operators (core: `kernel_op`). An operator's backward keeps only
-# its inputs and outputs, so the forward operator also returns the per-step mean and rstd and Mf, and the backward
-# operator prepares the inputs again (dtype casts of small tensors and a [B, L] mask).
-_TSN_ARGS = "Tensor x, Tensor weight, Tensor bias, Tensor count, Tensor mean, Tensor var"
-
-@kernel_op("tsn_fwd", f"({_TSN_ARGS}, int G, float eps, Tensor? padding_mask, bool split, int? BT, bool chain) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
-def _tsn_fwd_op(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain):
-    outs, saved = _tsn_forward(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain)
-    return *outs, saved[5], saved[6], saved[7].clone()  # Mf cloned: for float32 x, outs[2] is Mf itself (outputs may not alias)
-
-@_tsn_fwd_op.register_fake
-def _(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain):
-    (B, L, _), f32 = x.shape, torch.float32
-    return (x.new_empty(x.shape), count.new_empty(B, dtype=torch.int64), x.new_empty(B, G), x.new_empty(B, G),
-            x.new_empty(B, L, G, dtype=f32), x.new_empty(B, L, G, dtype=f32), x.new_empty(B, G, dtype=f32))
-
-@kernel_op("tsn_bwd", f"(Tensor? dy, Tensor? dMf, Tensor? dVf, {_TSN_ARGS}, Tensor? padding_mask, Tensor Mt, Tensor rt, Tensor Mf, int G, bool split, int? BT) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
-def _tsn_bwd_op(dy, dMf, dVf, x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf, G, split, BT):
-    x, keep, scale, _, n0, m0, _ = _prep(x, weight, bias, count, mean, var, padding_mask)
-    return _tsn_backward((x, keep, scale, n0, m0, Mt, rt, Mf), dy, dMf, dVf, G, split, BT)
-
-@_tsn_bwd_op.register_fake
-def _(dy, dMf, dVf, x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf, G, split, BT):
-    f32 = torch.float32
-    return x.new_empty(x.shape), weight.new_empty(weight.shape, dtype=f32), weight.new_empty(weight.shape, dtype=f32), Mf.new_empty(Mf.shape), Mf.new_empty(Mf.shape)
-
-def _tsn_op_setup(ctx, inputs, output):
-    x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain = inputs
-    ctx.save_for_backward(x, weight, bias, count, mean, var, padding_mask, *output[4:])
-    ctx.cfg = (G, split, BT)
-
-def _tsn_op_backward(ctx, dy, _dcount, dMf, dVf, _dMt, _drt, _dMf):
-    x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf = ctx.saved_tensors
-    dx, dw, db, dm0, dv0 = _tsn_bwd_op(dy, dMf, dVf, x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf, *ctx.cfg)
-    return dx, dw.to(weight.dtype), db.to(bias.dtype), None, dm0.to(mean.dtype), dv0.to(var.dtype), None, None, None, None, None, None
-
-_tsn_fwd_op.register_autograd(_tsn_op_backward, setup_context=_tsn_op_setup)
-
+# %% ../../nbs/11_triton_timestep_norm.ipynb #d52aa9d7
 def _tsn_triton(x, weight, bias, count, mean, var, num_groups, eps=1e-5, padding_mask=None, split=None, BT=None, chain=False):
     "`timestep_norm_triton` with a choice of kernels (split over time, one program per group, None: split unless one tile; chain: the chained forward) and tile BT."
     B, L, D, G, _ = _tsn_inputs(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
@@ -468,8 +430,7 @@ def _tsn_triton(x, weight, bias, count, mean, var, num_groups, eps=1e-5, padding
     # a sequence that fits in one tile (decoding: L = 1) needs one launch, not three. Decided by comparing L with the
     # tile, not by rounding L (as _blocks does): under torch.compile with a symbolic L that rounding is a slow trace.
     if split is None: split = L > (BT or _tile_cap(D // G, split=True))
-    if torch.compiler.is_compiling(): return tuple(_tsn_fwd_op(x, weight, bias, count, mean, var, G, float(eps), padding_mask, split, BT, chain)[:4])
-    return _TimestepNormTriton.apply(x, weight, bias, count, mean, var, G, float(eps), padding_mask, split, BT, chain)
+    return _tsn_kernels(x, weight, bias, count, mean, var, G, float(eps), padding_mask, split, BT, chain)
 
 def timestep_norm_triton(x: Tensor, # [B, L, D] float32 or bfloat16
                          weight: Tensor, # [D] scale offset (the scale is 1 + weight)
