@@ -20,13 +20,12 @@ from ..cema_params import cema_powers, cema_kernel
 __all__ = ['DOT_PRECISION', 'LAUNCH', 'cema_step_triton', 'cema_triton']
 
 # %% ../../nbs/10_triton_cema.ipynb #77e8a88c
-def _as_pairs(z: Tensor) -> Tensor:
-    "A complex tensor as contiguous float32 (re, im) pairs in a new last dimension."
-    return torch.view_as_real(z.to(torch.complex64).contiguous())
-
 @triton.jit
 def _cema_step_fwd_kernel(x_ptr, y_ptr, p_ptr, q_ptr, g_ptr, h0_ptr, h_ptr, D, L, N,
                           HAS_H0: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+    """Grid (B, cdiv(D, BD)). One program owns batch row i_b and the BD channels from i_d·BD, all N states of each.
+    Reads x [B, D, L], the [D, N] tables p, q, g (complex as (re, im) pairs) and h0 [B, D, N, 2] if HAS_H0; steps t = 0 … L−1
+    with the state in registers; writes y [B, D, L] and the final state h [B, D, N, 2]."""
     i_b, i_d = tl.program_id(0), tl.program_id(1)
     o_d = i_d * BD + tl.arange(0, BD)
     o_n = tl.arange(0, BN)
@@ -56,6 +55,10 @@ def _cema_step_fwd_kernel(x_ptr, y_ptr, p_ptr, q_ptr, g_ptr, h0_ptr, h_ptr, D, L
     tl.store(h_ptr + 2 * o_bdn + 1, b_hi, mask=m_dn)
 
 # %% ../../nbs/10_triton_cema.ipynb #c4f8d281
+def _as_pairs(z: Tensor) -> Tensor:
+    "A complex tensor as contiguous float32 (re, im) pairs in a new last dimension."
+    return torch.view_as_real(z.to(torch.complex64).contiguous())
+
 def _step_launch(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None, block_d: int) -> tuple[Tensor, Tensor]:
     "Launch the step kernel on contiguous, already checked inputs (no device read, so a decode step never waits on the GPU)."
     (B, D, L), N = x.shape, p.shape[1]
@@ -72,6 +75,7 @@ def _step_fake(x, p, q, g, h0, BD): return x.new_empty(x.shape), x.new_empty(x.s
 # forward only (no backward): a plain call in eager mode, an operator inside torch.compile (core: `KernelFunction`)
 _cema_step = KernelFunction("cema_step", "(Tensor x, Tensor p, Tensor q, Tensor g, Tensor? h0, int BD) -> (Tensor, Tensor)", _step_launch, _step_fake)
 
+# %% ../../nbs/10_triton_cema.ipynb #01122ba9
 def cema_step_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
                      p: Tensor, # [D, N] real input weights
                      q: Tensor, # [D, N] complex decay factors
@@ -113,12 +117,24 @@ def _load_tn(ptr, o_tab, o_t, o_n, N, T: tl.constexpr):
     m = (o_n[None, :] < N) & (o_t[:, None] < T)
     return tl.load(ptr + o, mask=m, other=0.), tl.load(ptr + o + N * T, mask=m, other=0.)
 
+@triton.jit
+def _store_tn(ptr, o_tab, b_r, b_i, o_t, o_n, N, T: tl.constexpr):
+    "Two [T, BN] blocks (real, imaginary) into one channel of a complex [D, 2, N, T] table: _load_tn reversed."
+    o = o_tab + o_n[None, :] * T + o_t[:, None]
+    m = (o_n[None, :] < N) & (o_t[:, None] < T)
+    tl.store(ptr + o, b_r, mask=m)
+    tl.store(ptr + o + N * T, b_i, mask=m)
+
 # %% ../../nbs/10_triton_cema.ipynb #a7c164e2
 @triton.jit
 def _cema_chunk_fwd_kernel(x_ptr, y_ptr, k_ptr, pin_ptr, gout_ptr, qT_ptr, qr_ptr, h0_ptr, h_ptr, s_ptr,
                            B, D, L, N, NC,
                            HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr,
                            T: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (B·D,): program i_bd is channel i_bd // B of batch row i_bd % B. One program owns one (b, d) row of x, all L steps,
+    walked in tiles of BC chunks of T steps. Reads x [B, D, L] and the channel's tables: k [D, T], p q^(T−1−s) and g q^(t+1)
+    [D, 2, N, T], q^T and q^r [D, N, 2]; h0 [B, D, N, 2] if HAS_H0. Writes y [B, D, L], the final state h [B, D, N, 2] and,
+    if SAVE_STATES, the state before every chunk, s [B, D, NC, 2, N]."""
     i_bd = tl.program_id(0)
     i_d, i_b = i_bd // B, i_bd % B                  # neighbouring programs share a channel, so its tables stay in L2
     o_t = tl.arange(0, T)
@@ -188,6 +204,7 @@ DOT_PRECISION = "tf32x3"  # float32 matmuls on tensor cores at ~float32 accuracy
 # (compute-sanitizer: invalid __shared__ read; M 0.94 off, larger shapes an illegal address), which the interpreter cannot show.
 LAUNCH = {"fwd": {"num_warps": 4}, "bwd": {"num_warps": 8}, "bwd_params": {"num_warps": 4}}
 
+# %% ../../nbs/10_triton_cema.ipynb #2ecb4df6
 def _split(table: Tensor) -> Tensor:
     "A complex [D, N, T] table as float32 [D, 2, N, T] (real block, imaginary block), subnormals flushed."
     t = _narrow(table, torch.complex64)
@@ -202,6 +219,7 @@ def _fwd_tables(p: Tensor, q: Tensor, g: Tensor, T: int, r: int) -> tuple[Tensor
     k = _narrow(cema_kernel(p, q, g, T, powers), torch.float32).contiguous()
     return k, _split(p64 * powers[..., :T].flip(-1)), _split(g64 * powers[..., 1:]), _narrow_pairs(powers[..., T]), _narrow_pairs(powers[..., r])
 
+# %% ../../nbs/10_triton_cema.ipynb #40070e46
 def _blocks(x: Tensor, N: int) -> tuple[int, int]:
     "(BC, BN): chunks per tile and padded N; >= 16 on a GPU (tl.dot), smaller under the CPU interpreter (less numpy work)."
     if x.is_cuda: return 16, max(16, triton.next_power_of_2(N))
@@ -227,6 +245,10 @@ def _chunk_fwd(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None, T:
 def _cema_chunk_bwd_dx_kernel(dy_ptr, dh_ptr, dx_ptr, dh0_ptr, e_ptr, k_ptr, w1_ptr, v1_ptr, g_ptr, p_ptr, cqT_ptr, cqr_ptr,
                               B, D, L, N, NC,
                               T: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (B·D,), as the forward. One program owns one (b, d) row and walks its tiles of chunks in reverse. Reads dy [B, D, L],
+    dh [B, D, N, 2] and the channel's tables: k [D, T], conj(q)^(t+1) and conj(q)^(T−1−t) [D, 2, N, T], g, conj(q)^T,
+    conj(q)^r [D, N, 2], p [D, N]. Writes dx [B, D, L], dh0 [B, D, N, 2] and E, the gradient arriving at every chunk's
+    end state, [B, D, NC, 2, N] (zero for the last chunk, whose terms come from its window)."""
     i_bd = tl.program_id(0)
     i_d, i_b = i_bd // B, i_bd % B                  # neighbouring programs share a channel, so its tables stay in L2
     o_t = tl.arange(0, T)
@@ -296,20 +318,15 @@ def _cema_chunk_bwd_dx_kernel(dy_ptr, dh_ptr, dx_ptr, dh0_ptr, e_ptr, k_ptr, w1_
     tl.store(dh0_ptr + 2 * o_bdn, b_h0r + b_Zr + tl.where(NC == 1, b_cr, 0.), mask=m_n)
     tl.store(dh0_ptr + 2 * o_bdn + 1, b_h0i + b_Zi + tl.where(NC == 1, b_ci, 0.), mask=m_n)
 
-
 # %% ../../nbs/10_triton_cema.ipynb #4f9d2e61
-@triton.jit
-def _store_tn(ptr, o_tab, b_r, b_i, o_t, o_n, N, T: tl.constexpr):
-    "Two [T, BN] blocks (real, imaginary) into one channel of a complex [D, 2, N, T] table: _load_tn reversed."
-    o = o_tab + o_n[None, :] * T + o_t[:, None]
-    m = (o_n[None, :] < N) & (o_t[:, None] < T)
-    tl.store(ptr + o, b_r, mask=m)
-    tl.store(ptr + o + N * T, b_i, mask=m)
-
 @triton.jit
 def _cema_chunk_bwd_params_kernel(x_ptr, dy_ptr, s_ptr, e_ptr, dh_ptr, es_ptr, gs_ptr, ge_ptr, m_ptr, fT_ptr, fr_ptr,
                                   B, D, L, N, NC,
                                   T: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (D,). One program owns one channel and loops over every batch row and its tiles of chunks (no scan, any order).
+    Reads x, dy [B, D, L], the chunk states s and E [B, D, NC, 2, N], dh [B, D, N, 2], T conj(q)^(T−1) and r conj(q)^(r−1)
+    [D, N, 2]. Writes the channel's sums: es [D, N, 2] (the E conj(S) terms of dq), GS = Σ dYᵀ conj(S) and GE = Σ Xᵀ E
+    [D, 2, N, T], M = Σ Xᵀ dY [D, T, T]."""
     i_d = tl.program_id(0)
     o_t = tl.arange(0, T)
     o_n = tl.arange(0, BN)
@@ -370,7 +387,6 @@ def _cema_chunk_bwd_params_kernel(x_ptr, dy_ptr, s_ptr, e_ptr, dh_ptr, es_ptr, g
     _store_tn(ge_ptr, o_tab, b_GEr, b_GEi, o_t, o_n, N, T)
     tl.store(m_ptr + i_d.to(tl.int64) * T * T + o_t[:, None] * T + o_t[None, :], b_M)
 
-
 # %% ../../nbs/10_triton_cema.ipynb #68185154
 def _bwd_weights(q: Tensor, T: int) -> tuple[Tensor, ...]:
     "The weights over a chunk's steps t, float64 [D, N, T]: W1 = q̄^(t+1), W2 = (t+1) q̄^t, V1 = q̄^(T-1-t), V2 = (T-1-t) q̄^(T-2-t)."
@@ -386,6 +402,7 @@ def _bwd_tables(p: Tensor, q: Tensor, g: Tensor, T: int, r: int, weights: tuple[
     return (_narrow(cema_kernel(p, q, g, T), torch.float32).contiguous(), _split(W1), _split(V1), _as_pairs(g), p.to(torch.float32).contiguous(),
             _narrow_pairs(ends[..., 0]), _narrow_pairs(ends[..., 1]), _narrow_pairs(T * ends[..., 2]), _narrow_pairs(r * ends[..., 3]))
 
+# %% ../../nbs/10_triton_cema.ipynb #808b8a45
 def _diag_sums(M: Tensor) -> Tensor: # [D, T, T] -> [D, T]
     "c[d, j] = Σ_s M[d, s, s + j]: the lag correlations from the summed X^T dY blocks (one gather, no loop over j)."
     T = M.shape[-1]
@@ -405,6 +422,7 @@ def _param_grads(p: Tensor, g: Tensor, es: Tensor, GS: Tensor, GE: Tensor, M: Te
     dp = (V1 * GE).sum(-1).real + (gc * R).real
     return dp, dq, dg
 
+# %% ../../nbs/10_triton_cema.ipynb #f2d2e7ab
 def _chunk_bwd(x: Tensor, dy: Tensor, states: Tensor, dh: Tensor, p: Tensor, q: Tensor, g: Tensor, T: int,
                BC: int | None = None, BN: int | None = None, prec: str | None = None) -> tuple[Tensor, ...]:
     "Launch the chunked backward (two kernels): dx (x's dtype), dp, dq, dg (float64 / complex128), dh0 (complex64)."
@@ -423,7 +441,6 @@ def _chunk_bwd(x: Tensor, dy: Tensor, states: Tensor, dh: Tensor, p: Tensor, q: 
     _cema_chunk_bwd_dx_kernel[(B * D,)](dy, dh, dx, dh0, E, k, w1, v1, g32, p32, cqT, cqr, B, D, L, N, NC, **blocks, **LAUNCH["bwd"])
     _cema_chunk_bwd_params_kernel[(D,)](x, dy, states, E, dh, es, GS, GE, M, fT, fr, B, D, L, N, NC, **blocks, **LAUNCH["bwd_params"])
     return dx, *_param_grads(p, g, es, GS, GE, M, weights), torch.view_as_complex(dh0)
-
 
 # %% ../../nbs/10_triton_cema.ipynb #557488c1
 def _cema_fwd(x, p, q, g, h0, T, save):
