@@ -16,8 +16,8 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['BACKENDS', 'POISON', 'rel_err', 'assert_close', 'ErrorTable', 'NonFiniteError', 'nonfinite', 'check_values',
            'working_dtype', 'check_shape', 'triton_available', 'triton_interpreting', 'out_buffer', 'resolve_backend',
-           'default_device', 'seed_everything', 'kernel_op', 'op_label', 'KernelFunction', 'median_time',
-           'gpu_evidence', 'evidence_rows', 'measure_on_gpu', 'set_plot_style']
+           'register_path', 'add_path_loader', 'path_for', 'default_device', 'seed_everything', 'kernel_op', 'op_label',
+           'KernelFunction', 'median_time', 'gpu_evidence', 'evidence_rows', 'measure_on_gpu', 'set_plot_style']
 
 # %% ../nbs/00_core.ipynb #ea5a020d
 def rel_err(actual: Tensor, # the tensor under test
@@ -136,6 +136,31 @@ def resolve_backend(backend: str, # one of `BACKENDS`
     if backend == "triton" and not (on_cuda or triton_interpreting()):
         raise ValueError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 for the CPU interpreter")
     return backend
+
+# %% ../nbs/00_core.ipynb #a121744a
+_PATHS: dict[tuple[str, str], Callable] = {}
+_LOADERS: dict[str, Callable[[], None]] = {}
+
+def register_path(op: str, # the operation, e.g. "cema"
+                  backend: str, # the path's name, e.g. "ref", "torch", "triton"
+                 ) -> Callable[[Callable], Callable]:
+    "Decorator: make the function the `backend` path of `op`, for the dispatcher to find with `path_for`."
+    def register(fn: Callable) -> Callable:
+        _PATHS[(op, backend)] = fn
+        return fn
+    return register
+
+def add_path_loader(backend: str, # the paths the loader registers
+                    load: Callable[[], None], # imports the modules that register them
+                   ) -> None:
+    "Name the function that registers the `backend` paths; `path_for` calls it once, when a lookup first needs it."
+    _LOADERS[backend] = load
+
+def path_for(op: str, backend: str) -> Callable:
+    "The function registered as the `backend` path of `op` (calling the backend's loader first if it is still pending)."
+    if (op, backend) not in _PATHS and backend in _LOADERS: _LOADERS.pop(backend)()
+    if (op, backend) not in _PATHS: raise NotImplementedError(f"no {backend!r} path is registered for {op!r}")
+    return _PATHS[(op, backend)]
 
 # %% ../nbs/00_core.ipynb #9e9e4072
 def default_device() -> torch.device:

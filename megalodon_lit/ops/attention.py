@@ -13,8 +13,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..attention import _check_qkv
-from ..core import default_device, KernelFunction, resolve_backend, triton_interpreting
+from ..attention import check_qkv
+from ..core import default_device, KernelFunction, register_path, resolve_backend, triton_interpreting
 
 # %% ../../nbs/12_triton_attention.ipynb #attn011
 @triton.jit
@@ -400,7 +400,7 @@ def attention_triton(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
                      *, blocks: tuple | None = None, # (BM, BN, BDV) override of the tile sizes
                     ) -> Tensor: # [B, L, H, dv] in q's dtype
     "Chunked multi-chunk causal attention (scale 1) with in-kernel DropKey; differentiable in q, k, v."
-    B, L, H, dz, dv = _check_qkv(q, k, v, chunk_size, attention_chunks, dropout)
+    B, L, H, dz, dv = check_qkv(q, k, v, chunk_size, attention_chunks, dropout)
     resolve_backend("triton", q, k, v, available=("triton",))
     if q.dtype not in (torch.float32, torch.bfloat16): raise TypeError(f"attention_triton takes float32 or bfloat16, got {q.dtype}")
     if dropout > 0 and not dropkey:
@@ -434,3 +434,10 @@ def attention_decode_triton(q: Tensor, # [B, n, H, dz] new queries at positions 
     blocks = (16, cfg["BN"], cfg["BDV"]) if n <= 16 else None  # one small query tile for a decode step
     with torch.no_grad():  # inference only: the forward kernel, no autograd node
         return _attention_kernels(q, k_cache, v_cache, chunk_size, attention_chunks, 0.0, torch.tensor(0), seen, seen + n - Lk, blocks)[0]
+
+# the paths `attention(..., backend="triton")` and `attention_step` run; looked up by name at call time, so a test can swap them
+@register_path("attention", "triton")
+def _attention_triton_path(q, k, v, C, W, dropout, dropkey): return attention_triton(q, k, v, C, W, dropout, dropkey)
+
+@register_path("attention_decode", "triton")
+def _attention_decode_path(q, k_cache, v_cache, seen, C, W): return attention_decode_triton(q, k_cache, v_cache, seen, C, W)

@@ -12,8 +12,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..core import KernelFunction, out_buffer, triton_interpreting
-from ..cema import _cema_inputs, _narrow, _needs_grad
+from ..core import KernelFunction, out_buffer, register_path, triton_interpreting
+from ..cema import SHORT_STEPS, check_cema_inputs, narrow_table, needs_grad
 from ..cema_params import cema_powers, cema_kernel
 
 # %% auto #0
@@ -84,7 +84,7 @@ def cema_step_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
                      block_d: int = 16, # channels per program, BD
                     ) -> tuple[Tensor, Tensor]: # y [B, D, L] in x's dtype, h [B, D, N] complex64
     "CEMA forward by the step kernel: the recurrence, one program per (batch row, block of channels); no gradients."
-    _cema_inputs(x, p, q, g, h0)
+    check_cema_inputs(x, p, q, g, h0)
     if x.dtype == torch.float64: raise TypeError("the Triton kernels compute in float32; use cema_recurrent or cema_chunked for float64")
     return _cema_step(x.contiguous(), p, q, g, h0, block_d)
 
@@ -207,16 +207,16 @@ LAUNCH = {"fwd": {"num_warps": 4}, "bwd": {"num_warps": 8}, "bwd_params": {"num_
 # %% ../../nbs/10_triton_cema.ipynb #2ecb4df6
 def _split(table: Tensor) -> Tensor:
     "A complex [D, N, T] table as float32 [D, 2, N, T] (real block, imaginary block), subnormals flushed."
-    t = _narrow(table, torch.complex64)
+    t = narrow_table(table, torch.complex64)
     return torch.stack([t.real, t.imag], 1).contiguous()
 
-def _narrow_pairs(z: Tensor) -> Tensor: return _as_pairs(_narrow(z, torch.complex64))
+def _narrow_pairs(z: Tensor) -> Tensor: return _as_pairs(narrow_table(z, torch.complex64))
 
 def _fwd_tables(p: Tensor, q: Tensor, g: Tensor, T: int, r: int) -> tuple[Tensor, ...]:
     "The chunked forward's tables, built in float64: k [D, T], p q^{T-1-s}, g q^{t+1}, q^T, q^r."
     p64, g64 = p.to(torch.float64).unsqueeze(-1), g.to(torch.complex128).unsqueeze(-1)
     powers = cema_powers(q, torch.arange(T + 1))                                  # [D, N, T+1]: q^0 .. q^T
-    k = _narrow(cema_kernel(p, q, g, T, powers), torch.float32).contiguous()
+    k = narrow_table(cema_kernel(p, q, g, T, powers), torch.float32).contiguous()
     return k, _split(p64 * powers[..., :T].flip(-1)), _split(g64 * powers[..., 1:]), _narrow_pairs(powers[..., T]), _narrow_pairs(powers[..., r])
 
 # %% ../../nbs/10_triton_cema.ipynb #40070e46
@@ -399,7 +399,7 @@ def _bwd_tables(p: Tensor, q: Tensor, g: Tensor, T: int, r: int, weights: tuple[
     "The tables the backward kernels read, built in float64, stored float32: k, W1, V1, g, p, conj(q)^T, conj(q)^r, T conj(q)^(T-1), r conj(q)^(r-1)."
     W1, _, V1, _ = weights
     ends = cema_powers(q.to(torch.complex128).conj(), torch.tensor([T, r, T - 1, r - 1]))
-    return (_narrow(cema_kernel(p, q, g, T), torch.float32).contiguous(), _split(W1), _split(V1), _as_pairs(g), p.to(torch.float32).contiguous(),
+    return (narrow_table(cema_kernel(p, q, g, T), torch.float32).contiguous(), _split(W1), _split(V1), _as_pairs(g), p.to(torch.float32).contiguous(),
             _narrow_pairs(ends[..., 0]), _narrow_pairs(ends[..., 1]), _narrow_pairs(T * ends[..., 2]), _narrow_pairs(r * ends[..., 3]))
 
 # %% ../../nbs/10_triton_cema.ipynb #808b8a45
@@ -470,7 +470,7 @@ def cema_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
                 chunk_size: int | None = None, # chunk length T, a power of two >= 16 (None: 64)
                ) -> tuple[Tensor, Tensor]: # y [B, D, L] in x's dtype, h [B, D, N] complex64
     "CEMA through the chunked Triton kernels (forward and backward), on CUDA or under TRITON_INTERPRET=1."
-    B, D, L, N, _, _ = _cema_inputs(x, p, q, g, h0)
+    B, D, L, N, _, _ = check_cema_inputs(x, p, q, g, h0)
     if x.dtype == torch.float64: raise TypeError("cema_triton computes in float32 (x float32 or bfloat16); use cema_chunked for float64")
     T = 64 if chunk_size is None else chunk_size
     if not isinstance(T, int) or T < 16 or T & (T - 1): raise ValueError(f"chunk_size must be a power of two >= 16, got {chunk_size!r}")
@@ -478,4 +478,10 @@ def cema_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
     if L == 0:
         h = h0.to(torch.complex64) if h0 is not None else torch.zeros(B, D, N, dtype=torch.complex64, device=x.device)
         return x.new_zeros(B, D, 0), h
-    return _cema_chunk(x.contiguous(), p, q, g, h0, T, _needs_grad(x, p, q, g, h0))
+    return _cema_chunk(x.contiguous(), p, q, g, h0, T, needs_grad(x, p, q, g, h0))
+
+@register_path("cema", "triton")
+def _cema_triton_path(x, p, q, g, h0, chunk_size):
+    "The Triton path of `cema`: a few steps without gradients take the step kernel (one launch, no tables), the rest the chunked kernels."
+    if x.shape[-1] <= SHORT_STEPS and not needs_grad(x, p, q, g, h0): return cema_step_triton(x, p, q, g, h0)
+    return cema_triton(x, p, q, g, h0)  # the kernels choose their own chunk length

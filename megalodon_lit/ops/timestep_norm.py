@@ -12,8 +12,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..core import KernelFunction, out_buffer, triton_interpreting
-from ..timestep_norm import _tsn_inputs
+from ..core import KernelFunction, out_buffer, register_path, triton_interpreting
+from ..timestep_norm import check_tsn_inputs
 
 # %% auto #0
 __all__ = ['timestep_norm_triton']
@@ -448,7 +448,7 @@ _tsn_kernels = KernelFunction(
 # %% ../../nbs/11_triton_timestep_norm.ipynb #d52aa9d7
 def _tsn_triton(x, weight, bias, count, mean, var, num_groups, eps=1e-5, padding_mask=None, split=None, BT=None, chain=False):
     "`timestep_norm_triton` with a choice of kernels (split over time, one program per group, None: split unless one tile; chain: the chained forward) and tile BT."
-    B, L, D, G, _ = _tsn_inputs(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
+    B, L, D, G, _ = check_tsn_inputs(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
     if x.dtype not in (torch.float32, torch.bfloat16): raise TypeError(f"the Triton TimestepNorm takes float32 or bfloat16 x, got {x.dtype}")
     if L == 0: return x.new_zeros(B, 0, D), count.to(torch.int64), mean.to(x.dtype), var.to(x.dtype)
     # a sequence that fits in one tile (decoding: L = 1) needs one launch, not three. Decided by comparing L with the
@@ -468,3 +468,5 @@ def timestep_norm_triton(x: Tensor, # [B, L, D] float32 or bfloat16
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]: # y [B, L, D] (x dtype), count [B] int64, mean, var [B, G] (x dtype)
     "TimestepNorm with Triton kernels split over time; differentiable in x, weight, bias, mean and var."
     return _tsn_triton(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
+
+register_path("timestep_norm", "triton")(timestep_norm_triton)  # the path `timestep_norm(..., backend="triton")` runs
