@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import op_label, resolve_backend, working_dtype
+from .core import op_label, path_for, register_path, resolve_backend, working_dtype
 
 # %% auto #0
-__all__ = ['NormalizedQK', 'rope_freqs', 'rope_angles', 'apply_rope', 'attention_mask', 'attention_ref', 'attention_chunked',
-           'attention', 'KVCache', 'attention_step']
+__all__ = ['NormalizedQK', 'rope_freqs', 'rope_angles', 'apply_rope', 'check_qkv', 'attention_mask', 'attention_ref',
+           'attention_chunked', 'attention', 'KVCache', 'attention_step']
 
 # %% ../nbs/04_attention.ipynb #8d5b4a98
 class NormalizedQK(nn.Module):
@@ -81,7 +81,7 @@ def apply_rope(x: Tensor, # [B, L, H, dz] queries or keys
 def _check_int(name, val, lo=1):
     if isinstance(val, bool) or not isinstance(val, int) or val < lo: raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
 
-def _check_qkv(q: Tensor, k: Tensor, v: Tensor, chunk_size: int, attention_chunks: int, dropout: float):
+def check_qkv(q: Tensor, k: Tensor, v: Tensor, chunk_size: int, attention_chunks: int, dropout: float):
     "Validate the attention inputs; return (B, L, H, dz, dv)."
     for n, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor) or t.ndim != 4: raise ValueError(f"{n} must be a 4-d tensor [B, L, H, d], got {getattr(t, 'shape', type(t))}")
@@ -127,7 +127,7 @@ def attention_ref(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
                   dropkey: bool = False, # DropKey (pre-softmax) instead of post-softmax dropout
                  ) -> Tensor: # [B, L, H, dv]
     "Dense reference: full [L, L] scores, the multi-chunk causal mask, softmax, weighted sum of values."
-    B, L, H, dz, dv = _check_qkv(q, k, v, chunk_size, attention_chunks, dropout)
+    B, L, H, dz, dv = check_qkv(q, k, v, chunk_size, attention_chunks, dropout)
     pos = torch.arange(L, device=q.device)
     allowed = attention_mask(pos, pos, chunk_size, attention_chunks)  # [L, L]
     out = _softmax_attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), allowed, dropout, dropkey)
@@ -157,7 +157,7 @@ def attention_chunked(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
                       dropkey: bool = False, # DropKey instead of post-softmax dropout
                      ) -> Tensor: # [B, L, H, dv]
     "Fast path: pad L to a multiple of C, gather each chunk's window of W chunks, one batched SDPA call."
-    B, L, H, dz, dv = _check_qkv(q, k, v, chunk_size, attention_chunks, dropout)
+    B, L, H, dz, dv = check_qkv(q, k, v, chunk_size, attention_chunks, dropout)
     C, W = chunk_size, attention_chunks
     nc = -(-L // C)
     pad = nc * C - L  # padded keys sit after every real query, so the causal rule hides them
@@ -175,6 +175,9 @@ def attention_chunked(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
     return out.transpose(1, 2).reshape(B, nc * C, H, dv)[:, :L]
 
 # %% ../nbs/04_attention.ipynb #c299b837
+register_path("attention", "ref")(attention_ref)
+register_path("attention", "torch")(attention_chunked)
+
 def attention(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
               k: Tensor, # [B, L, H, dz] keys (RoPE applied)
               v: Tensor, # [B, L, H, dv] values
@@ -189,11 +192,7 @@ def attention(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
     # The kernel implements DropKey only; with upstream's post-softmax dropout "auto" stays on the PyTorch path.
     if path == "triton" and backend == "auto" and dropout > 0 and not dropkey: path = "torch"
     with op_label("megalodon.attention"):
-        if path == "triton":
-            from megalodon_lit.ops.attention import attention_triton  # imported on use: needs triton
-            return attention_triton(q, k, v, chunk_size, attention_chunks, dropout, dropkey)
-        fn = attention_ref if path == "ref" else attention_chunked
-        return fn(q, k, v, chunk_size, attention_chunks, dropout, dropkey)
+        return path_for("attention", path)(q, k, v, chunk_size, attention_chunks, dropout, dropkey)
 
 # %% ../nbs/04_attention.ipynb #fe7ca06e
 @dataclass
@@ -240,7 +239,7 @@ def attention_step(q: Tensor, # [B, l, H, dz] new queries (RoPE applied at posit
                    backend: str = "auto", # "triton": the decode kernel of nb 12 (inference only); else dense softmax per piece
                   ) -> tuple[Tensor, KVCache]: # output [B, l, H, dv], the updated cache (not detached)
     "Streaming attention: any piece length, crossing chunk boundaries; same outputs as one `attention` call."
-    B, l, H, dz, dv = _check_qkv(q, k, v, chunk_size, attention_chunks, dropout)
+    B, l, H, dz, dv = check_qkv(q, k, v, chunk_size, attention_chunks, dropout)
     C, W = chunk_size, attention_chunks
     # The decode kernel has no backward and no dropout: it serves inference; training through a cache stays in PyTorch.
     inference = dropout == 0 and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
@@ -252,9 +251,7 @@ def attention_step(q: Tensor, # [B, l, H, dz] new queries (RoPE applied at posit
     while i < l:
         n = min(C - seen % C, l - i)
         ck, cv = torch.cat([ck, k[:, i:i + n]], 1), torch.cat([cv, v[:, i:i + n]], 1)
-        if kernel:
-            from megalodon_lit.ops.attention import attention_decode_triton  # imported on use: needs triton
-            outs.append(attention_decode_triton(q[:, i:i + n], ck, cv, seen, C, W))
+        if kernel: outs.append(path_for("attention_decode", "triton")(q[:, i:i + n], ck, cv, seen, C, W))  # notebook 12
         else:
             q_pos = torch.arange(seen, seen + n, device=q.device)
             k_pos = torch.arange(seen + n - ck.shape[1], seen + n, device=q.device)

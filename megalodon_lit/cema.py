@@ -13,18 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import resolve_backend, check_shape, check_values, nonfinite, op_label
+from .core import resolve_backend, check_shape, check_values, nonfinite, op_label, path_for, register_path
 from .cema_params import cema_coeffs, cema_powers, cema_kernel, theta_ladder, CEMAParameters
 
 # The coefficient helpers of 01_cema are part of this module's public API too.
 _all_ = ["cema_coeffs", "cema_powers", "cema_kernel", "theta_ladder", "CEMAParameters"]
 
 # %% auto #0
-__all__ = ['SHORT_STEPS', 'cema_recurrent', 'cema_bias', 'cema_last_state', 'cema_fft', 'default_chunk_size', 'cema_chunked',
-           'cema', 'ComplexEMA', 'cema_coeffs', 'cema_powers', 'cema_kernel', 'theta_ladder', 'CEMAParameters']
+__all__ = ['SHORT_STEPS', 'check_cema_inputs', 'cema_recurrent', 'narrow_table', 'cema_bias', 'cema_last_state', 'cema_fft',
+           'default_chunk_size', 'cema_chunked', 'needs_grad', 'cema', 'ComplexEMA', 'cema_coeffs', 'cema_powers',
+           'cema_kernel', 'theta_ladder', 'CEMAParameters']
 
 # %% ../nbs/02_cema_paths.ipynb #f2d47ae4
-def _cema_inputs(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None):
+def check_cema_inputs(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None):
     "Validate the arguments shared by the CEMA paths; return (B, D, L, N, real dtype, complex dtype)."
     if not isinstance(x, Tensor) or not x.is_floating_point(): raise TypeError("x must be a real floating tensor [B, D, L]")
     if x.dtype == torch.float16: raise TypeError("float16 x is not supported (range too small for CEMA states); use bfloat16, float32 or float64")
@@ -58,7 +59,7 @@ def cema_recurrent(x: Tensor, # [B, D, L] real input
                    h0: Tensor | None = None, # [B, D, N] complex state before step 0 (zeros if None)
                   ) -> tuple[Tensor, Tensor]: # y [B, D, L] in x's dtype, h [B, D, N] complex state after the last step
     "CEMA by its definition: a loop over time (the reference every other path is tested against)."
-    B, D, L, N, rdt, cdt = _cema_inputs(x, p, q, g, h0)
+    B, D, L, N, rdt, cdt = check_cema_inputs(x, p, q, g, h0)
     xw, p, q, g = x.to(rdt), p.to(rdt), q.to(cdt), g.to(cdt)
     h = h0.to(cdt) if h0 is not None else torch.zeros(B, D, N, dtype=cdt, device=x.device)
     ys = []
@@ -71,10 +72,10 @@ def cema_recurrent(x: Tensor, # [B, D, L] real input
 # %% ../nbs/02_cema_paths.ipynb #db130d8c
 def _next_pow2(n: int) -> int: return 1 << max(n - 1, 0).bit_length()
 
-def _narrow(table: Tensor, dtype: torch.dtype) -> Tensor:
+def narrow_table(table: Tensor, dtype: torch.dtype) -> Tensor:
     "Cast a float64/complex128 table to `dtype`, flushing entries below its smallest normal number to zero."
     # q^j underflows into float32's subnormal range for small |q| and long j; CPUs compute on subnormals ~100x slower.
-    if table.is_complex(): return torch.view_as_complex(_narrow(torch.view_as_real(table), torch.empty(0, dtype=dtype).real.dtype).contiguous())
+    if table.is_complex(): return torch.view_as_complex(narrow_table(torch.view_as_real(table), torch.empty(0, dtype=dtype).real.dtype).contiguous())
     return table.masked_fill(table.abs() < torch.finfo(dtype).tiny, 0).to(dtype)
 
 def _real_contract(x: Tensor, table: Tensor, spec: str) -> Tensor:
@@ -89,7 +90,7 @@ def cema_bias(q: Tensor, # [D, N] complex decay factors
               dtype: torch.dtype = torch.complex64, # complex working precision
              ) -> Tensor: # [B, D, L] real
     "What an initial state adds to the outputs: b_t = Re Σ_n g_n q_n^{t+1} h0_n (the reference's `ema_parameters` bias)."
-    table = _narrow(g.to(torch.complex128).unsqueeze(-1) * cema_powers(q, torch.arange(1, length + 1)), dtype)  # [D, N, L]
+    table = narrow_table(g.to(torch.complex128).unsqueeze(-1) * cema_powers(q, torch.arange(1, length + 1)), dtype)  # [D, N, L]
     return torch.einsum("bdn,dnl->bdl", h0.to(dtype), table).real
 
 # %% ../nbs/02_cema_paths.ipynb #b8d1bb28
@@ -103,9 +104,9 @@ def cema_last_state(x: Tensor, # [B, D, L] real input (working precision)
     "Closed-form final state h = p Σ_j q^{L-1-j} x_j + q^L h0 (the reference's `ema_hidden`)."
     L = x.shape[-1]
     powers = cema_powers(q, torch.arange(L, -1, -1))                            # [D, N, L+1]: q^L .. q^0
-    into_state = _narrow(p.to(torch.float64).unsqueeze(-1) * powers[..., 1:], dtype)  # p q^{L-1-j}
+    into_state = narrow_table(p.to(torch.float64).unsqueeze(-1) * powers[..., 1:], dtype)  # p q^{L-1-j}
     h = _real_contract(x, into_state, "bdl,dnl->bdn")
-    return h if h0 is None else h + _narrow(powers[..., 0], dtype) * h0.to(dtype)
+    return h if h0 is None else h + narrow_table(powers[..., 0], dtype) * h0.to(dtype)
 
 # %% ../nbs/02_cema_paths.ipynb #bfb7d8fb
 @_full_precision
@@ -116,10 +117,10 @@ def cema_fft(x: Tensor, # [B, D, L] real input
              h0: Tensor | None = None, # [B, D, N] complex state before step 0 (zeros if None)
             ) -> tuple[Tensor, Tensor]: # y [B, D, L] in x's dtype, h [B, D, N] complex state after the last step
     "CEMA as the reference code computes it: FFT convolution with the kernel k, plus the bias of h0 and the closed-form last state."
-    B, D, L, N, rdt, cdt = _cema_inputs(x, p, q, g, h0)
+    B, D, L, N, rdt, cdt = check_cema_inputs(x, p, q, g, h0)
     xw = x.to(rdt)
     n = 2 * _next_pow2(L)
-    k = _narrow(cema_kernel(p, q, g, L), rdt)                                   # [D, L]
+    k = narrow_table(cema_kernel(p, q, g, L), rdt)                                   # [D, L]
     y = torch.fft.irfft(torch.fft.rfft(xw, n) * torch.fft.rfft(k, n), n)[..., :L]
     if h0 is not None: y = y + cema_bias(q, g, h0, L, cdt)
     return y.to(x.dtype), cema_last_state(xw, p, q, h0, cdt)
@@ -131,7 +132,7 @@ def _toeplitz(k: Tensor) -> Tensor: # [D, T] -> [D, T, T] with M[d, t, s] = k[d,
     return F.pad(k, (T - 1, 0)).unfold(-1, T, 1).flip(-1)  # window t holds k[t-T+1 .. t]; reversed, column s holds k[t-s]
 
 def _cast_flushed(table: Tensor, dtype: torch.dtype) -> Tensor:
-    "Like `_narrow`, but the flush is left out of the gradient: entries below dtype's smallest normal number are zeroed in the forward only."
+    "Like `narrow_table`, but the flush is left out of the gradient: entries below dtype's smallest normal number are zeroed in the forward only."
     out = table.to(dtype, copy=True)  # never flush the caller's tensor in place
     with torch.no_grad(): out.masked_fill_(out.abs() < torch.finfo(dtype).tiny, 0)  # saves a [D, 2N, T] clone in the backward
     return out
@@ -175,7 +176,7 @@ def cema_chunked(x: Tensor, # [B, D, L] real input
                  chunk_size: int | None = None, # chunk length T (None: `default_chunk_size` of x's device)
                 ) -> tuple[Tensor, Tensor]: # y [B, D, L] in x's dtype, h [B, D, N] complex state after the last step
     "CEMA as a chunked scan: Toeplitz matmuls within chunks, the state carried between them; the last state comes for free."
-    B, D, L, N, rdt, cdt = _cema_inputs(x, p, q, g, h0)
+    B, D, L, N, rdt, cdt = check_cema_inputs(x, p, q, g, h0)
     if chunk_size is None: chunk_size = default_chunk_size(x.device)
     if not isinstance(chunk_size, int) or chunk_size < 1: raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     if L == 0: return x.new_zeros(B, D, 0), (h0.to(cdt) if h0 is not None else torch.zeros(B, D, N, dtype=cdt, device=x.device))
@@ -187,7 +188,7 @@ def cema_chunked(x: Tensor, # [B, D, L] real input
     y = torch.bmm(xd, within.transpose(1, 2))                          # 1. within chunks   [D, B·nc, T]
     u = torch.view_as_complex(torch.bmm(xd, into.transpose(1, 2)).view(D, B, nc, N, 2))  # 2. into the state
     state = h0.to(cdt).transpose(0, 1) if h0 is not None else torch.zeros(D, B, N, dtype=cdt, device=x.device)
-    qT, starts = _narrow(torch.complex(re[..., T], im[..., T]), cdt).unsqueeze(1), []
+    qT, starts = narrow_table(torch.complex(re[..., T], im[..., T]), cdt).unsqueeze(1), []
     for u_c in u.unbind(2)[:-1]:                                        # 3. carry across chunks
         starts.append(state); state = qT * state + u_c                  # (unbind: one backward for all chunks, not one per chunk)
     starts.append(state)
@@ -195,14 +196,25 @@ def cema_chunked(x: Tensor, # [B, D, L] real input
     y = torch.baddbmm(y, S, out)                                        # 4. out of the state
     # The exact final state: the last chunk's r steps weighted by the last r columns of `into` (p q^{r-1-s}).
     last = torch.bmm(xd.view(D, B, nc, T)[:, :, -1, :r], into[:, :, T - r:].transpose(1, 2))
-    h = _narrow(torch.complex(re[..., r], im[..., r]), cdt).unsqueeze(1) * state + torch.view_as_complex(last.view(D, B, N, 2))
+    h = narrow_table(torch.complex(re[..., r], im[..., r]), cdt).unsqueeze(1) * state + torch.view_as_complex(last.view(D, B, N, 2))
     return y.view(D, B, nc * T).transpose(0, 1)[..., :L].to(x.dtype), h.transpose(0, 1)
 
 
 # %% ../nbs/02_cema_paths.ipynb #eb9f46cb
 SHORT_STEPS = 16  # up to this many steps the "torch" path runs the recurrence (measured in "Short inputs" below)
 
-def _needs_grad(*ts) -> bool: return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+def needs_grad(*ts: Tensor | None) -> bool:
+    "True when autograd records an operation on these tensors: grad mode is on and one of them requires a gradient."
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+@register_path("cema", "ref")
+def _cema_ref_path(x, p, q, g, h0, chunk_size): return cema_recurrent(x, p, q, g, h0)
+
+@register_path("cema", "torch")
+def _cema_torch_path(x, p, q, g, h0, chunk_size):
+    # A few steps (a decode step is one) cost less as the recurrence than building the chunked scan's tables.
+    if x.shape[-1] <= SHORT_STEPS: return cema_recurrent(x, p, q, g, h0)
+    return cema_chunked(x, p, q, g, h0, chunk_size=chunk_size)
 
 def cema(x: Tensor, # [B, D, L] real input
          p: Tensor, q: Tensor, g: Tensor, # [D, N] coefficients from `cema_coeffs`
@@ -213,15 +225,7 @@ def cema(x: Tensor, # [B, D, L] real input
     "CEMA through the path `backend` selects (no ω term)."
     path = resolve_backend(backend, x, h0, available=("ref", "torch", "triton"))
     # The label lets a profiler attribute time to CEMA whichever path runs (see the benchmarks notebook).
-    with op_label("megalodon.cema"):
-        # A few steps (a decode step is one) cost less as the recurrence than building the chunked scan's tables.
-        if path == "ref" or (path == "torch" and x.shape[-1] <= SHORT_STEPS): return cema_recurrent(x, p, q, g, h0)
-        if path == "triton":
-            from megalodon_lit.ops.cema import cema_step_triton, cema_triton  # imported on use: needs triton
-            # likewise on the GPU: a few steps without gradients take the step kernel, one launch and no tables
-            if x.shape[-1] <= SHORT_STEPS and not _needs_grad(x, p, q, g, h0): return cema_step_triton(x, p, q, g, h0)
-            return cema_triton(x, p, q, g, h0)
-        return cema_chunked(x, p, q, g, h0, chunk_size=chunk_size)
+    with op_label("megalodon.cema"): return path_for("cema", path)(x, p, q, g, h0, chunk_size)
 
 # %% ../nbs/02_cema_paths.ipynb #81ef780e
 class ComplexEMA(CEMAParameters):

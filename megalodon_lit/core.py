@@ -16,8 +16,8 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['BACKENDS', 'POISON', 'rel_err', 'assert_close', 'ErrorTable', 'NonFiniteError', 'nonfinite', 'check_values',
            'working_dtype', 'check_shape', 'triton_available', 'triton_interpreting', 'out_buffer', 'resolve_backend',
-           'default_device', 'seed_everything', 'kernel_op', 'op_label', 'median_time', 'gpu_evidence', 'evidence_rows',
-           'measure_on_gpu', 'set_plot_style']
+           'register_path', 'add_path_loader', 'path_for', 'default_device', 'seed_everything', 'kernel_op', 'op_label',
+           'KernelFunction', 'median_time', 'gpu_evidence', 'evidence_rows', 'measure_on_gpu', 'set_plot_style']
 
 # %% ../nbs/00_core.ipynb #ea5a020d
 def rel_err(actual: Tensor, # the tensor under test
@@ -137,6 +137,31 @@ def resolve_backend(backend: str, # one of `BACKENDS`
         raise ValueError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 for the CPU interpreter")
     return backend
 
+# %% ../nbs/00_core.ipynb #a121744a
+_PATHS: dict[tuple[str, str], Callable] = {}
+_LOADERS: dict[str, Callable[[], None]] = {}
+
+def register_path(op: str, # the operation, e.g. "cema"
+                  backend: str, # the path's name, e.g. "ref", "torch", "triton"
+                 ) -> Callable[[Callable], Callable]:
+    "Decorator: make the function the `backend` path of `op`, for the dispatcher to find with `path_for`."
+    def register(fn: Callable) -> Callable:
+        _PATHS[(op, backend)] = fn
+        return fn
+    return register
+
+def add_path_loader(backend: str, # the paths the loader registers
+                    load: Callable[[], None], # imports the modules that register them
+                   ) -> None:
+    "Name the function that registers the `backend` paths; `path_for` calls it once, when a lookup first needs it."
+    _LOADERS[backend] = load
+
+def path_for(op: str, backend: str) -> Callable:
+    "The function registered as the `backend` path of `op` (calling the backend's loader first if it is still pending)."
+    if (op, backend) not in _PATHS and backend in _LOADERS: _LOADERS.pop(backend)()
+    if (op, backend) not in _PATHS: raise NotImplementedError(f"no {backend!r} path is registered for {op!r}")
+    return _PATHS[(op, backend)]
+
 # %% ../nbs/00_core.ipynb #9e9e4072
 def default_device() -> torch.device:
     "The CUDA device when one is present, else the CPU (looked up when called, never at import)."
@@ -158,6 +183,89 @@ def kernel_op(name: str, # operator name in the `megalodon_lit` namespace
 def op_label(name: str): # e.g. "megalodon.cema"
     "A profiler label for an operation's time (`torch.profiler.record_function`); none inside `torch.compile`, which drops labels (with a warning)."
     return contextlib.nullcontext() if torch.compiler.is_compiling() else torch.profiler.record_function(name)
+
+# %% ../nbs/00_core.ipynb #9f783892
+def _schema_args(schema: str) -> list[tuple[str, str]]:
+    "The (type, name) pairs of a schema's arguments: '(Tensor x, int T) -> Tensor' gives [('Tensor', 'x'), ('int', 'T')]."
+    args = schema[schema.index("(") + 1:schema.index(")")]
+    return [tuple(a.strip().rsplit(" ", 1)) for a in args.split(",") if a.strip()]
+
+def _grad_like(d: Tensor | None, inputs: Sequence, i: int) -> Tensor:
+    "Input i's gradient as the backward operator returns it: in the input's dtype, contiguous; an empty tensor for a None input."
+    a = inputs[i]
+    if a is None: return next(t for t in inputs if isinstance(t, Tensor)).new_empty(0)
+    return a.new_empty(a.shape) if d is None else d.to(a.dtype).contiguous()
+
+# %% ../nbs/00_core.ipynb #b768d406
+class KernelFunction:
+    "A kernel path from a forward/backward pair: an autograd function in eager mode, custom operators inside `torch.compile`."
+    def __init__(self, name: str, # operator names: name_fwd and name_bwd (just name without a backward)
+                 schema: str, # the forward's signature, e.g. "(Tensor x, Tensor? h0, int T) -> (Tensor, Tensor)"
+                 fwd: Callable, # (*inputs) -> tuple of output tensors
+                 fake: Callable, # (*inputs) -> empty outputs of the real shapes, dtypes and strides, for the compiler
+                 bwd: Callable | None = None, # (grads of the shown outputs, inputs, kept outputs) -> grads of `grad_for`
+                 grad_for: Sequence[str] = (), # names of the differentiable inputs, in the order `bwd` returns them
+                 keep: Sequence[int] = (), # indices of the outputs the backward reads
+                 shown: int | None = None, # how many leading outputs the caller gets (None: all)
+                ):
+        self.fwd, self.bwd, self.keep, self.args = fwd, bwd, tuple(keep), _schema_args(schema)
+        self.shown = schema.split("->")[1].count("Tensor") if shown is None else shown
+        self.grad_idx = [[n for _, n in self.args].index(n) for n in grad_for]
+        self.op = kernel_op(name + "_fwd" if bwd else name, schema)(fwd)
+        self.op.register_fake(fake)
+        if bwd is None: return
+        grads = [f"Tensor? d_{i}" for i in range(self.shown)] + [f"{t} {n}" for t, n in self.args]
+        kept = [f"Tensor kept_{i}" for i in range(len(self.keep))]
+        self.bwd_op = kernel_op(name + "_bwd", f"({', '.join(grads + kept)}) -> ({', '.join(['Tensor'] * len(grad_for))})")(self._bwd)
+        self.bwd_op.register_fake(lambda *a: tuple(_grad_like(None, self._parts(a)[1], i) for i in self.grad_idx))
+        self.op.register_autograd(lambda ctx, *g: self._backward(ctx, g, self.bwd_op), setup_context=self._setup)
+        self.Function = _autograd_function(self, name)
+
+    def __call__(self, *inputs) -> tuple[Tensor, ...]:
+        if torch.compiler.is_compiling(): out = self.op(*inputs)
+        elif self.bwd is None or not _needs_autograd(inputs): out = self.fwd(*inputs)
+        else: out = self.Function.apply(*inputs)
+        return tuple(out[:self.shown])
+
+# %% ../nbs/00_core.ipynb #2fe59542
+def _needs_autograd(inputs: Sequence) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in inputs)
+
+def _setup(self, ctx, inputs: Sequence, output: Sequence) -> None:
+    "Save the tensor inputs and the kept outputs; the other arguments ride on the context."
+    ctx.save_for_backward(*[a if isinstance(a, Tensor) else None for a in inputs], *[output[i] for i in self.keep])
+    ctx.others = [None if isinstance(a, Tensor) else a for a in inputs]
+
+def _parts(self, args: Sequence) -> tuple[Sequence, Sequence, Sequence]:
+    "The backward operator's arguments split into (grads of the shown outputs, the forward's inputs, the kept outputs)."
+    s, n = self.shown, len(self.args)
+    return args[:s], args[s:s + n], args[s + n:]
+
+def _bwd(self, *args) -> tuple[Tensor, ...]:
+    "The backward operator's body: the caller's `bwd`, each gradient then put in its input's dtype."
+    grads, inputs, kept = self._parts(args)
+    return tuple(_grad_like(d, inputs, i) for d, i in zip(self.bwd(grads, inputs, kept), self.grad_idx))
+
+def _backward(self, ctx, grads: Sequence, bwd: Callable) -> tuple[Tensor | None, ...]:
+    "One gradient per forward argument (None where there is none), from `bwd`: the plain function or the operator."
+    saved, n = ctx.saved_tensors, len(ctx.others)
+    inputs = [s if s is not None else o for s, o in zip(saved[:n], ctx.others)]
+    out = [None] * n
+    for i, d in zip(self.grad_idx, bwd(*grads[:self.shown], *inputs, *saved[n:])):
+        if inputs[i] is not None: out[i] = d
+    return tuple(out)
+
+KernelFunction._setup, KernelFunction._parts, KernelFunction._bwd, KernelFunction._backward = _setup, _parts, _bwd, _backward
+
+def _autograd_function(kf: KernelFunction, name: str) -> type:
+    "The eager packaging: an autograd function that calls `kf`'s forward and its backward as plain functions."
+    def forward(ctx, *inputs):
+        out = kf.fwd(*inputs)
+        kf._setup(ctx, inputs, out)
+        ctx.mark_non_differentiable(*[o for i, o in enumerate(out) if i >= kf.shown or not (o.is_floating_point() or o.is_complex())])
+        return out
+    backward = torch.autograd.function.once_differentiable(lambda ctx, *grads: kf._backward(ctx, grads, kf._bwd))
+    return type(f"{name}_function", (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(backward)})
 
 # %% ../nbs/00_core.ipynb #966a4c0b
 def median_time(fn: Callable[[], object], # the work to time, called with no arguments

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import working_dtype
+from .core import register_path, working_dtype
 from .attention import KVCache, rope_freqs
 from .block import LayerState
 from .model import MegalodonCache, MegalodonForCausalLM
@@ -219,6 +219,7 @@ def _ffn_step(y: Tensor, x: Tensor, c: dict) -> Tensor: # y = x + h, x the block
     return x + torch.mm(hidden, c["fc2"]) * c["alpha"]
 
 # %% ../nbs/09_decode.ipynb #95f66f03
+@register_path("decode_step", "fast")  # the model (notebook 06) calls it through the registry
 @torch.no_grad()
 def decode_step(model: MegalodonForCausalLM,
                 input_ids: Tensor, # [B, 1] the next token of each row
@@ -241,3 +242,5 @@ def decode_step(model: MegalodonForCausalLM,
     y, final = _tsn_step(x, cache.final, plan.final)
     logits = _as(torch.mm(y, plan.head), torch.float32)
     return logits, type(cache)(states, final, logits, cache.signature)  # the caller's cache class (notebook 06 defines its own while it runs)
+
+register_path("decode_plan", "fast")(decode_plan)

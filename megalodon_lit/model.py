@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__
-from .core import BACKENDS
+from .core import BACKENDS, path_for
 from .timestep_norm import TimestepNorm
 from .block import (INIT_MODES, LayerState, MegalodonBlock, MegalodonLayer, NormalizedFFN, init_weight_)
 
@@ -271,8 +271,7 @@ def _forward(self: MegalodonForCausalLM,
     _check_call(self, input_ids, labels, cache)
     c = self.config
     if fast_decode and cache is not None and labels is None and input_ids.shape[1] == 1 and _decodes(self, input_ids):
-        from megalodon_lit.decode import decode_step  # notebook 09 builds on this one: imported on use
-        logits, new = decode_step(self, input_ids, cache)
+        logits, new = path_for("decode_step", "fast")(self, input_ids, cache)  # registered by notebook 09
         return MegalodonOutput(logits.unsqueeze(1), None, new)
     x = self.embed(input_ids.long())  # any integer dtype (the embedding and the loss take int64)
     if c.scale_emb: x = x * math.sqrt(c.model_dim)
@@ -362,7 +361,8 @@ def _generate(self: MegalodonForCausalLM,
         if input_ids is not None: cache = self(input_ids, cache=cache, use_cache=True).cache
         else: _check_call(self, torch.zeros(cache.batch_size, 1, dtype=torch.long, device=cache.last_logits.device), None, cache)
         done = torch.zeros(cache.batch_size, dtype=torch.bool, device=cache.last_logits.device)
-        from megalodon_lit.decode import decode_plan, decode_step  # notebook 09: the plan is built once, then no per-step checks
+        # notebook 09 registers these: the plan is built once, then no per-step checks
+        decode_plan, decode_step = path_for("decode_plan", "fast"), path_for("decode_step", "fast")
         compiled = getattr(self, "_compiled_call_impl", None) is not None  # after nn.Module.compile() the steps go through the compiled forward
         plan = decode_plan(self) if _decodes(self, cache.last_logits) and not compiled else None
         new = []

@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .core import resolve_backend, check_shape, check_values, nonfinite, op_label, working_dtype
+from .core import resolve_backend, check_shape, check_values, nonfinite, op_label, path_for, register_path, working_dtype
 
 # %% auto #0
-__all__ = ['timestep_norm_ref', 'timestep_norm', 'TimestepNorm']
+__all__ = ['check_tsn_inputs', 'timestep_norm_ref', 'timestep_norm', 'TimestepNorm']
 
 # %% ../nbs/03_timestep_norm.ipynb #fe61be69
-def _tsn_inputs(x: Tensor, weight: Tensor, bias: Tensor, count: Tensor, mean: Tensor, var: Tensor,
+def check_tsn_inputs(x: Tensor, weight: Tensor, bias: Tensor, count: Tensor, mean: Tensor, var: Tensor,
                 num_groups: int, eps: float, padding_mask: Tensor | None):
     "Validate the TimestepNorm arguments; return (B, L, D, G, working dtype)."
     if not isinstance(x, Tensor) or not x.is_floating_point(): raise TypeError("x must be a real floating tensor [B, L, D]")
@@ -54,7 +54,7 @@ def timestep_norm_ref(x: Tensor, # [B, L, D] input
                       padding_mask: Tensor | None = None, # [B, L] bool, True = padded step
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]: # y [B, L, D] (x dtype), count [B] int64, mean, var [B, G] (x dtype)
     "TimestepNorm by its definition: per-step group moments Welford-combined into the running state, step by step."
-    B, L, D, G, wdt = _tsn_inputs(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
+    B, L, D, G, wdt = check_tsn_inputs(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
     xw = x.to(wdt)
     mu, s2 = _step_moments(xw, G)                           # [B, L, G]
     scale, shift = (1 + weight).to(wdt), bias.to(wdt)       # 1 + w in the parameter dtype, as upstream
@@ -80,7 +80,7 @@ def timestep_norm_ref(x: Tensor, # [B, L, D] input
 # %% ../nbs/03_timestep_norm.ipynb #fa471848
 def _tsn_torch(x: Tensor, weight: Tensor, bias: Tensor, count: Tensor, mean: Tensor, var: Tensor,
                num_groups: int, eps: float, padding_mask: Tensor | None, centre: bool = True):
-    B, L, D, G, wdt = _tsn_inputs(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
+    B, L, D, G, wdt = check_tsn_inputs(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
     xw = x.to(wdt)
     mu, s2 = _step_moments(xw, G)                                          # [B, L, G]
     keep = (~padding_mask).to(wdt)[..., None] if padding_mask is not None else torch.ones_like(mu[..., :1])
@@ -105,6 +105,14 @@ def _tsn_torch(x: Tensor, weight: Tensor, bias: Tensor, count: Tensor, mean: Ten
     steps = keep[:, :, 0].sum(1).to(torch.int64)
     return y.to(x.dtype), count.to(torch.int64) + steps, Mf.to(x.dtype), Vf.to(x.dtype)
 
+register_path("timestep_norm", "ref")(timestep_norm_ref)
+
+@register_path("timestep_norm", "torch")
+def _tsn_torch_path(x, weight, bias, count, mean, var, num_groups, eps, padding_mask):
+    # one step (a decode step) costs fewer operations as the loop than as the vectorised form's cumulative sums
+    fn = timestep_norm_ref if x.shape[1] == 1 else _tsn_torch
+    return fn(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
+
 def timestep_norm(x: Tensor, # [B, L, D] input
                   weight: Tensor, # [D] scale offset (the scale is 1 + weight)
                   bias: Tensor, # [D] shift
@@ -119,13 +127,7 @@ def timestep_norm(x: Tensor, # [B, L, D] input
     "TimestepNorm, vectorised over time with centred cumulative moments ('torch'), or the loop ('ref'), or the kernels of notebook 11 ('triton')."
     path = resolve_backend(backend, x, available=("ref", "torch", "triton"))
     with op_label("megalodon.timestep_norm"):
-        # one step (a decode step) costs fewer operations as the loop than as the vectorised form's cumulative sums
-        if path == "ref" or (path == "torch" and x.shape[1] == 1):
-            return timestep_norm_ref(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
-        if path == "triton":
-            from megalodon_lit.ops.timestep_norm import timestep_norm_triton  # imported on use: needs triton
-            return timestep_norm_triton(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
-        return _tsn_torch(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
+        return path_for("timestep_norm", path)(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
 
 # %% ../nbs/03_timestep_norm.ipynb #fab7c703
 class TimestepNorm(nn.Module):

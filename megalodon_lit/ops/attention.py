@@ -13,8 +13,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..attention import _check_qkv
-from ..core import default_device, kernel_op, resolve_backend, triton_interpreting
+from ..attention import check_qkv
+from ..core import default_device, KernelFunction, register_path, resolve_backend, triton_interpreting
 
 # %% ../../nbs/12_triton_attention.ipynb #attn011
 @triton.jit
@@ -24,22 +24,22 @@ def _visible(qp, kp, C, W):
     return (kp >= 0) & (kp <= qp) & (kp >= q_first)
 
 @triton.jit
-def _dropkey_keep(seed, bh, qp, kp, p_drop):
+def _dropkey_keep(seed, bh, qp, kp, drop_prob):
     "DropKey keep-mask: one Philox draw per (key position, query position, b·H + h); kept when u ≥ p."
     zero = qp * 0 + kp * 0
     r, _, _, _ = tl.philox(seed, kp + zero, qp + zero, zero + bh, zero)
-    return tl.uint_to_uniform_float(r) >= p_drop
+    return tl.uint_to_uniform_float(r) >= drop_prob
 
 # %% ../../nbs/12_triton_attention.ipynb #attn013
 @triton.jit
-def _fwd_tile(b_q, m_i, l_i, acc, k_head, v_head, n0, o_n, o_k, o_e, m_k, m_e, q_pos, s_kl, s_vl,
-              Lk, k_start, C, W, seed, i_bh, p_drop,
+def _fwd_tile(b_q, b_m, b_l, b_acc, p_k_head, p_v_head, n0, o_n, o_k, o_e, m_k, m_e, q_pos, s_kl, s_vl,
+              Lk, k_start, C, W, seed, i_bh, drop_prob,
               MASK: tl.constexpr, DROPKEY: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
-    "One key tile of the online softmax: logits, (mask,) rescale, accumulate. Returns the new m_i, l_i, acc."
+    "One key tile of the online softmax: logits, (mask,) rescale, accumulate. Returns the new b_m, b_l, b_acc."
     o_j = n0 + o_n
     m_j = o_j < Lk
-    p_k = k_head + o_j[:, None].to(tl.int64) * s_kl + o_k[None, :]
-    p_v = v_head + o_j[:, None].to(tl.int64) * s_vl + o_e[None, :]
+    p_k = p_k_head + o_j[:, None].to(tl.int64) * s_kl + o_k[None, :]
+    p_v = p_v_head + o_j[:, None].to(tl.int64) * s_vl + o_e[None, :]
     b_k = tl.load(p_k, mask=m_j[:, None] & m_k[None, :], other=0.0)
     b_v = tl.load(p_v, mask=m_j[:, None] & m_e[None, :], other=0.0)
     if UPCAST:
@@ -48,31 +48,34 @@ def _fwd_tile(b_q, m_i, l_i, acc, k_head, v_head, n0, o_n, o_k, o_e, m_k, m_e, q
     k_pos = k_start + o_j
     if MASK:
         ok = _visible(q_pos[:, None], k_pos[None, :], C, W) & m_j[None, :]
-        if DROPKEY: ok = ok & _dropkey_keep(seed, i_bh, q_pos[:, None], k_pos[None, :], p_drop)
+        if DROPKEY: ok = ok & _dropkey_keep(seed, i_bh, q_pos[:, None], k_pos[None, :], drop_prob)
         b_s = tl.where(ok, b_s, float("-inf"))
     elif DROPKEY:
-        b_s = tl.where(_dropkey_keep(seed, i_bh, q_pos[:, None], k_pos[None, :], p_drop), b_s, float("-inf"))
+        b_s = tl.where(_dropkey_keep(seed, i_bh, q_pos[:, None], k_pos[None, :], drop_prob), b_s, float("-inf"))
     # Online softmax: rescale what we have by exp(m_old − m_new). A row that has seen nothing yet keeps
     # m = −inf; subtracting 0 instead keeps exp() away from (−inf) − (−inf) = NaN.
-    m_new = tl.maximum(m_i, tl.max(b_s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    b_p = tl.exp(b_s - m_safe[:, None])
-    alpha = tl.exp(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(b_p, 1)
-    acc = acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PREC)
-    return m_new, l_i, acc
+    b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+    b_m_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
+    b_p = tl.exp(b_s - b_m_safe[:, None])
+    alpha = tl.exp(b_m - b_m_safe)
+    b_l = b_l * alpha + tl.sum(b_p, 1)
+    b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PREC)
+    return b_m_new, b_l, b_acc
 
 # %% ../../nbs/12_triton_attention.ipynb #attn015
 @triton.jit
 def _attention_fwd_kernel(
-    Q, K, V, O, LSE,  # q [B, Lq, H, dz], k [B, Lk, H, dz], v [B, Lk, H, dv], o [B, Lq, H, dv], lse [B, H, Lq] fp32
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,  # q [B, Lq, H, dz], k [B, Lk, H, dz], v [B, Lk, H, dv], o [B, Lq, H, dv], lse [B, H, Lq] fp32
     s_qb, s_ql, s_qh, s_kb, s_kl, s_kh, s_vb, s_vl, s_vh, s_ob, s_ol, s_oh,
     H, Lq, Lk, DZ, DV, C, W,
     q_start, k_start,  # absolute positions of query row 0 and key slot 0
-    seed, p_drop,
+    seed, drop_prob,
     DROPKEY: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BDV: tl.constexpr,
 ):
+    """Grid (cdiv(Lq, BM), B·H, cdiv(dv, BDV)). One program owns BM query rows of one (batch, head) and BDV value
+    columns, and walks the band of key tiles they can see. Reads q [B, Lq, H, dz], k [B, Lk, H, dz], v [B, Lk, H, dv]
+    (through their strides); writes o [B, Lq, H, dv] and, from the first value tile, lse [B, H, Lq] in float32."""
     i_m, i_bh, i_e = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = (i_bh // H).to(tl.int64), (i_bh % H).to(tl.int64)
     o_r, o_n, o_k = tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BK)
@@ -81,10 +84,10 @@ def _attention_fwd_kernel(
     m_m, m_k, m_e = o_m < Lq, o_k < DZ, o_e < DV
     q_pos = q_start + o_m
 
-    p_q = Q + i_b * s_qb + i_h * s_qh + o_m[:, None].to(tl.int64) * s_ql + o_k[None, :]
+    p_q = q_ptr + i_b * s_qb + i_h * s_qh + o_m[:, None].to(tl.int64) * s_ql + o_k[None, :]
     b_q = tl.load(p_q, mask=m_m[:, None] & m_k[None, :], other=0.0)
     if UPCAST: b_q = b_q.to(tl.float32)
-    k_head, v_head = K + i_b * s_kb + i_h * s_kh, V + i_b * s_vb + i_h * s_vh
+    p_k_head, p_v_head = k_ptr + i_b * s_kb + i_h * s_kh, v_ptr + i_b * s_vb + i_h * s_vh
 
     # The band of key slots this query tile can see: from the start of chunk(first query) − (W−1) chunks
     # (never before position 0) to the last query. Every tile outside it is skipped, so cost is O(L·W·C).
@@ -101,27 +104,27 @@ def _attention_fwd_kernel(
     full_end = tl.minimum(first_q - k_start + 1, Lk)
     full_hi = full_lo + tl.maximum(full_end - full_lo, 0) // BN * BN
 
-    m_i = tl.full([BM], float("-inf"), tl.float32)
-    l_i = tl.zeros([BM], tl.float32)
-    acc = tl.zeros([BM, BDV], tl.float32)
+    b_m = tl.full([BM], float("-inf"), tl.float32)
+    b_l = tl.zeros([BM], tl.float32)
+    b_acc = tl.zeros([BM, BDV], tl.float32)
     for n0 in range(lo, full_lo, BN):
-        m_i, l_i, acc = _fwd_tile(b_q, m_i, l_i, acc, k_head, v_head, n0, o_n, o_k, o_e, m_k, m_e, q_pos, s_kl, s_vl,
-                                  Lk, k_start, C, W, seed, i_bh, p_drop, True, DROPKEY, UPCAST, PREC)
+        b_m, b_l, b_acc = _fwd_tile(b_q, b_m, b_l, b_acc, p_k_head, p_v_head, n0, o_n, o_k, o_e, m_k, m_e, q_pos, s_kl, s_vl,
+                                  Lk, k_start, C, W, seed, i_bh, drop_prob, True, DROPKEY, UPCAST, PREC)
     for n0 in range(full_lo, full_hi, BN):
-        m_i, l_i, acc = _fwd_tile(b_q, m_i, l_i, acc, k_head, v_head, n0, o_n, o_k, o_e, m_k, m_e, q_pos, s_kl, s_vl,
-                                  Lk, k_start, C, W, seed, i_bh, p_drop, False, DROPKEY, UPCAST, PREC)
+        b_m, b_l, b_acc = _fwd_tile(b_q, b_m, b_l, b_acc, p_k_head, p_v_head, n0, o_n, o_k, o_e, m_k, m_e, q_pos, s_kl, s_vl,
+                                  Lk, k_start, C, W, seed, i_bh, drop_prob, False, DROPKEY, UPCAST, PREC)
     for n0 in range(full_hi, hi, BN):
-        m_i, l_i, acc = _fwd_tile(b_q, m_i, l_i, acc, k_head, v_head, n0, o_n, o_k, o_e, m_k, m_e, q_pos, s_kl, s_vl,
-                                  Lk, k_start, C, W, seed, i_bh, p_drop, True, DROPKEY, UPCAST, PREC)
+        b_m, b_l, b_acc = _fwd_tile(b_q, b_m, b_l, b_acc, p_k_head, p_v_head, n0, o_n, o_k, o_e, m_k, m_e, q_pos, s_kl, s_vl,
+                                  Lk, k_start, C, W, seed, i_bh, drop_prob, True, DROPKEY, UPCAST, PREC)
 
     # A row with every key masked (possible only with DropKey) outputs zeros, as upstream's fused kernel.
-    has = l_i > 0
-    b_o = tl.where(has[:, None], acc / tl.where(has, l_i, 1.0)[:, None], 0.0)
-    p_o = O + i_b * s_ob + i_h * s_oh + o_m[:, None].to(tl.int64) * s_ol + o_e[None, :]
-    tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_m[:, None] & m_e[None, :])
+    has = b_l > 0
+    b_o = tl.where(has[:, None], b_acc / tl.where(has, b_l, 1.0)[:, None], 0.0)
+    p_o = o_ptr + i_b * s_ob + i_h * s_oh + o_m[:, None].to(tl.int64) * s_ol + o_e[None, :]
+    tl.store(p_o, b_o.to(o_ptr.dtype.element_ty), mask=m_m[:, None] & m_e[None, :])
     # log-sum-exp of the visible logits (0 for an empty row: backward then gives it zero probabilities)
-    b_lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), 0.0)
-    tl.store(LSE + i_bh.to(tl.int64) * Lq + o_m, b_lse, mask=m_m & (i_e == 0))
+    b_lse = tl.where(has, b_m + tl.log(tl.where(has, b_l, 1.0)), 0.0)
+    tl.store(lse_ptr + i_bh.to(tl.int64) * Lq + o_m, b_lse, mask=m_m & (i_e == 0))
 
 # %% ../../nbs/12_triton_attention.ipynb #attn017
 def _np2(n: int) -> int: return max(16, triton.next_power_of_2(n))
@@ -150,7 +153,7 @@ _BWD_TILES = [(64, 64, 8, 2), (64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 4, 2), (1
 
 def _prune_tiles(configs, named_args, **kwargs):
     "float32 (exact products on CUDA cores, tiles in registers) keeps 16 × 16; bfloat16 the rest, ≤ 64 × 64 when dz > 128."
-    fp32 = named_args["Q"].dtype == torch.float32
+    fp32 = named_args["q_ptr"].dtype == torch.float32
     ok = [c for c in configs if (c.kwargs["BM"] == 16) == fp32 and (kwargs["BK"] <= 128 or c.kwargs["BM"] * c.kwargs["BN"] <= 64 * 64)]
     return ok or configs[-1:]
 
@@ -189,13 +192,13 @@ def _attention_fwd(q: Tensor, k: Tensor, v: Tensor, C: int, W: int, p_drop: floa
 
 # %% ../../nbs/12_triton_attention.ipynb #attn024
 @triton.jit
-def _dropkey_mask_kernel(OUT, L, C, W, seed, p_drop, BM: tl.constexpr, BN: tl.constexpr):
-    "Write the logits a kernel keeps, visible & not dropped, as int8 into OUT [B·H, L, L]."
+def _dropkey_mask_kernel(out_ptr, L, C, W, seed, drop_prob, BM: tl.constexpr, BN: tl.constexpr):
+    "Write the logits a kernel keeps, visible & not dropped, as int8 into out_ptr [B·H, L, L]."
     i_m, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_m, o_j = i_m * BM + tl.arange(0, BM), i_n * BN + tl.arange(0, BN)
     qp, kp = o_m[:, None], o_j[None, :]
-    keep = _visible(qp, kp, C, W) & _dropkey_keep(seed, i_bh, qp, kp, p_drop)
-    p_out = OUT + i_bh.to(tl.int64) * L * L + o_m[:, None].to(tl.int64) * L + o_j[None, :]
+    keep = _visible(qp, kp, C, W) & _dropkey_keep(seed, i_bh, qp, kp, drop_prob)
+    p_out = out_ptr + i_bh.to(tl.int64) * L * L + o_m[:, None].to(tl.int64) * L + o_j[None, :]
     tl.store(p_out, keep.to(tl.int8), mask=(o_m < L)[:, None] & (o_j < L)[None, :])
 
 def dropkey_mask(B: int, # batch size
@@ -207,7 +210,7 @@ def dropkey_mask(B: int, # batch size
                  seed: int, # the seed given to `attention_triton`
                  device=None, # where to run the kernel (default: CUDA if present, else the CPU interpreter)
                 ) -> Tensor: # [B, H, L, L] bool: True where the kernel uses the logit (visible and not dropped)
-    "The kernels' own DropKey keep-mask, materialised densely (for tests against a reference; O(L²) memory)."
+    "The kernels' own DropKey keep-mask, materialised densely (for tests against a reference; o_ptr(L²) memory)."
     device = default_device() if device is None else torch.device(device)
     out = torch.empty(B * H, L, L, dtype=torch.int8, device=device)
     BM = BN = 16 if triton_interpreting() else 64
@@ -218,25 +221,28 @@ def dropkey_mask(B: int, # batch size
 # %% ../../nbs/12_triton_attention.ipynb #attn030
 @triton.jit
 def _attention_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ,  # dq [B, L, H, dz] in q's dtype; lse, delta [B, H, L] fp32
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,  # dq [B, L, H, dz] in q's dtype; lse, delta [B, H, L] fp32
     s_qb, s_ql, s_qh, s_kb, s_kl, s_kh, s_vb, s_vl, s_vh, s_ob, s_ol, s_oh,
-    H, L, DZ, DV, C, W, seed, p_drop,
+    H, L, DZ, DV, C, W, seed, drop_prob,
     N_E: tl.constexpr, DROPKEY: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BDV: tl.constexpr,
 ):
+    """Grid (cdiv(L, BM), B·H). One program owns BM query rows of one (batch, head) and walks their band of key
+    tiles, rebuilding P from lse. Reads q, k [B, L, H, dz], v, dO [B, L, H, dv], lse and delta [B, H, L]; writes
+    dq [B, L, H, dz]."""
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), (i_bh % H).to(tl.int64)
     # (offsets in int64; pointer tiles are rebuilt where used rather than kept live across the loop)
     o_r, o_n, o_k, o_e = tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BK), tl.arange(0, BDV)
     o_m = i_m * BM + o_r
     m_m, m_k = o_m < L, o_k < DZ
-    p_q = Q + i_b * s_qb + i_h * s_qh + o_m[:, None].to(tl.int64) * s_ql + o_k[None, :]
-    do_row = DO + i_b * s_ob + i_h * s_oh + o_m[:, None].to(tl.int64) * s_ol
-    k_head, v_head = K + i_b * s_kb + i_h * s_kh, V + i_b * s_vb + i_h * s_vh
+    p_q = q_ptr + i_b * s_qb + i_h * s_qh + o_m[:, None].to(tl.int64) * s_ql + o_k[None, :]
+    do_row = do_ptr + i_b * s_ob + i_h * s_oh + o_m[:, None].to(tl.int64) * s_ol
+    p_k_head, p_v_head = k_ptr + i_b * s_kb + i_h * s_kh, v_ptr + i_b * s_vb + i_h * s_vh
     b_q = tl.load(p_q, mask=m_m[:, None] & m_k[None, :], other=0.0)
     if UPCAST: b_q = b_q.to(tl.float32)
-    b_lse = tl.load(LSE + i_bh.to(tl.int64) * L + o_m, mask=m_m, other=0.0)
-    b_delta = tl.load(DELTA + i_bh.to(tl.int64) * L + o_m, mask=m_m, other=0.0)
+    b_lse = tl.load(lse_ptr + i_bh.to(tl.int64) * L + o_m, mask=m_m, other=0.0)
+    b_delta = tl.load(delta_ptr + i_bh.to(tl.int64) * L + o_m, mask=m_m, other=0.0)
 
     # the same band of key tiles as the forward pass
     first_q = i_m * BM
@@ -246,12 +252,12 @@ def _attention_bwd_dq_kernel(
     for n0 in range(lo, hi, BN):
         o_j = n0 + o_n
         m_j = o_j < L
-        p_kt = k_head + o_j[None, :].to(tl.int64) * s_kl + o_k[:, None]
+        p_kt = p_k_head + o_j[None, :].to(tl.int64) * s_kl + o_k[:, None]
         b_kt = tl.load(p_kt, mask=m_k[:, None] & m_j[None, :], other=0.0)  # [BK, BN] = Kᵀ
         if UPCAST: b_kt = b_kt.to(tl.float32)
         b_s = tl.dot(b_q, b_kt, input_precision=PREC)
         ok = _visible(o_m[:, None], o_j[None, :], C, W) & m_j[None, :]
-        if DROPKEY: ok = ok & _dropkey_keep(seed, i_bh, o_m[:, None], o_j[None, :], p_drop)
+        if DROPKEY: ok = ok & _dropkey_keep(seed, i_bh, o_m[:, None], o_j[None, :], drop_prob)
         # P recomputed from the saved log-sum-exp: no [L, L] matrix is ever stored
         b_p = tl.where(ok, tl.exp(b_s - b_lse[:, None]), 0.0)
         # dP = dO·Vᵀ, summed over value-column tiles (dv may be much wider than dz)
@@ -259,7 +265,7 @@ def _attention_bwd_dq_kernel(
         for e in range(N_E):
             m_e = (e * BDV + o_e) < DV
             p_do = do_row + (e * BDV + o_e)[None, :]
-            p_vt = v_head + o_j[None, :].to(tl.int64) * s_vl + (e * BDV + o_e)[:, None]
+            p_vt = p_v_head + o_j[None, :].to(tl.int64) * s_vl + (e * BDV + o_e)[:, None]
             b_do = tl.load(p_do, mask=m_m[:, None] & m_e[None, :], other=0.0)
             b_vt = tl.load(p_vt, mask=m_e[:, None] & m_j[None, :], other=0.0)  # [BDV, BN] = Vᵀ
             if UPCAST:
@@ -267,19 +273,22 @@ def _attention_bwd_dq_kernel(
             b_dp += tl.dot(b_do, b_vt, input_precision=PREC)
         b_ds = b_p * (b_dp - b_delta[:, None])  # softmax Jacobian: dS = P ⊙ (dP − rowsum(dO ⊙ O))
         b_dq += tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), input_precision=PREC)
-    p_dq = DQ + i_b * s_qb + i_h * s_qh + o_m[:, None].to(tl.int64) * s_ql + o_k[None, :]
-    tl.store(p_dq, b_dq.to(DQ.dtype.element_ty), mask=m_m[:, None] & m_k[None, :])
+    p_dq = dq_ptr + i_b * s_qb + i_h * s_qh + o_m[:, None].to(tl.int64) * s_ql + o_k[None, :]
+    tl.store(p_dq, b_dq.to(dq_ptr.dtype.element_ty), mask=m_m[:, None] & m_k[None, :])
 
 # %% ../../nbs/12_triton_attention.ipynb #attn031
 @triton.jit
 def _attention_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV_,  # dk [B, L, H, dz], dv [B, L, H, dv] (same strides as k, v)
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,  # dk [B, L, H, dz], dv [B, L, H, dv] (same strides as k, v)
     s_qb, s_ql, s_qh, s_kb, s_kl, s_kh, s_vb, s_vl, s_vh, s_ob, s_ol, s_oh,
-    H, L, DZ, DV, C, W, seed, p_drop,
+    H, L, DZ, DV, C, W, seed, drop_prob,
     WITH_DK: tl.constexpr, WITH_DV: tl.constexpr, N_E: tl.constexpr,
     DROPKEY: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BDV: tl.constexpr,
 ):
+    """Grid (cdiv(L, BN), B·H, N_E). One program owns BN key rows of one (batch, head), and one tile of value
+    columns when N_E > 1, and walks the query tiles that can see them. Reads q, k, v, dO, lse and delta; writes
+    dk [B, L, H, dz] (if WITH_DK) and dv [B, L, H, dv] (if WITH_DV)."""
     # One program owns a tile of BN keys (and, for dV, one tile of BDV value columns) and walks the queries
     # that can see them: from the tile itself to the end of the chunk W−1 chunks after the tile's last key.
     # It works on transposed [BN, BM] tiles (keys × queries), so Pᵀ and dSᵀ come out of tl.dot directly.
@@ -290,8 +299,8 @@ def _attention_bwd_dkdv_kernel(
     o_j = i_n * BN + o_n
     o_ev = i_e * BDV + o_e
     m_j, m_k, m_ev = o_j < L, o_k < DZ, o_ev < DV
-    p_k = K + i_b * s_kb + i_h * s_kh + o_j[:, None].to(tl.int64) * s_kl + o_k[None, :]
-    q_head, do_head = Q + i_b * s_qb + i_h * s_qh, DO + i_b * s_ob + i_h * s_oh
+    p_k = k_ptr + i_b * s_kb + i_h * s_kh + o_j[:, None].to(tl.int64) * s_kl + o_k[None, :]
+    p_q_head, p_do_head = q_ptr + i_b * s_qb + i_h * s_qh, do_ptr + i_b * s_ob + i_h * s_oh
     b_k = tl.load(p_k, mask=m_j[:, None] & m_k[None, :], other=0.0)
     if UPCAST: b_k = b_k.to(tl.float32)
 
@@ -304,26 +313,26 @@ def _attention_bwd_dkdv_kernel(
     for m0 in range(lo, hi, BM):
         o_m = m0 + o_r
         m_m = o_m < L
-        p_qt = q_head + o_m[None, :].to(tl.int64) * s_ql + o_k[:, None]
+        p_qt = p_q_head + o_m[None, :].to(tl.int64) * s_ql + o_k[:, None]
         b_qt = tl.load(p_qt, mask=m_k[:, None] & m_m[None, :], other=0.0)  # [BK, BM]
         if UPCAST: b_qt = b_qt.to(tl.float32)
-        b_lse = tl.load(LSE + i_bh.to(tl.int64) * L + o_m, mask=m_m, other=0.0)
+        b_lse = tl.load(lse_ptr + i_bh.to(tl.int64) * L + o_m, mask=m_m, other=0.0)
         b_st = tl.dot(b_k, b_qt, input_precision=PREC)  # [BN, BM] = Sᵀ
         ok = _visible(o_m[None, :], o_j[:, None], C, W) & m_j[:, None] & m_m[None, :]
-        if DROPKEY: ok = ok & _dropkey_keep(seed, i_bh, o_m[None, :], o_j[:, None], p_drop)
+        if DROPKEY: ok = ok & _dropkey_keep(seed, i_bh, o_m[None, :], o_j[:, None], drop_prob)
         b_pt = tl.where(ok, tl.exp(b_st - b_lse[None, :]), 0.0)
         if WITH_DV:
-            p_do = do_head + o_m[:, None].to(tl.int64) * s_ol + o_ev[None, :]
+            p_do = p_do_head + o_m[:, None].to(tl.int64) * s_ol + o_ev[None, :]
             b_do = tl.load(p_do, mask=m_m[:, None] & m_ev[None, :], other=0.0)
             if UPCAST: b_do = b_do.to(tl.float32)
             b_dv += tl.dot(b_pt.to(b_do.dtype), b_do, input_precision=PREC)  # dV = Pᵀ·dO
         if WITH_DK:
-            b_delta = tl.load(DELTA + i_bh.to(tl.int64) * L + o_m, mask=m_m, other=0.0)
+            b_delta = tl.load(delta_ptr + i_bh.to(tl.int64) * L + o_m, mask=m_m, other=0.0)
             b_dpt = tl.zeros([BN, BM], tl.float32)
             for e in range(N_E):  # dPᵀ = V·dOᵀ, summed over value-column tiles
                 m_e = (e * BDV + o_e) < DV
-                p_dot = do_head + o_m[None, :].to(tl.int64) * s_ol + (e * BDV + o_e)[:, None]
-                p_v = V + i_b * s_vb + i_h * s_vh + o_j[:, None].to(tl.int64) * s_vl + (e * BDV + o_e)[None, :]
+                p_dot = p_do_head + o_m[None, :].to(tl.int64) * s_ol + (e * BDV + o_e)[:, None]
+                p_v = v_ptr + i_b * s_vb + i_h * s_vh + o_j[:, None].to(tl.int64) * s_vl + (e * BDV + o_e)[None, :]
                 b_dot = tl.load(p_dot, mask=m_e[:, None] & m_m[None, :], other=0.0)  # [BDV, BM]
                 b_v = tl.load(p_v, mask=m_j[:, None] & m_e[None, :], other=0.0)
                 if UPCAST:
@@ -332,11 +341,11 @@ def _attention_bwd_dkdv_kernel(
             b_dst = b_pt * (b_dpt - b_delta[None, :])
             b_dk += tl.dot(b_dst.to(b_qt.dtype), tl.trans(b_qt), input_precision=PREC)  # dK = dSᵀ·Q
     if WITH_DK:
-        p_dk = DK + i_b * s_kb + i_h * s_kh + o_j[:, None].to(tl.int64) * s_kl + o_k[None, :]
-        tl.store(p_dk, b_dk.to(DK.dtype.element_ty), mask=m_j[:, None] & m_k[None, :])
+        p_dk = dk_ptr + i_b * s_kb + i_h * s_kh + o_j[:, None].to(tl.int64) * s_kl + o_k[None, :]
+        tl.store(p_dk, b_dk.to(dk_ptr.dtype.element_ty), mask=m_j[:, None] & m_k[None, :])
     if WITH_DV:
-        p_dv = DV_ + i_b * s_vb + i_h * s_vh + o_j[:, None].to(tl.int64) * s_vl + o_ev[None, :]
-        tl.store(p_dv, b_dv.to(DV_.dtype.element_ty), mask=m_j[:, None] & m_ev[None, :])
+        p_dv = dv_ptr + i_b * s_vb + i_h * s_vh + o_j[:, None].to(tl.int64) * s_vl + o_ev[None, :]
+        tl.store(p_dv, b_dv.to(dv_ptr.dtype.element_ty), mask=m_j[:, None] & m_ev[None, :])
 
 # %% ../../nbs/12_triton_attention.ipynb #attn032
 def _attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, C: int, W: int, p_drop: float,
@@ -361,54 +370,25 @@ def _attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: 
         dkdv(n_e, False, True); dkdv(1, True, False)
     return dq, dk, dv
 
-class _ChunkedAttention(torch.autograd.Function):
-    "Forward kernel; backward recomputes P from the saved log-sum-exp (O(L) memory)."
-    @staticmethod
-    def forward(ctx, q, k, v, C, W, p_drop, seed, blocks):
-        o, lse = _attention_fwd(q, k, v, C, W, p_drop, seed, blocks=blocks)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.args = (C, W, p_drop, seed, blocks)
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        return (*_attention_bwd(do, q, k, v, o, lse, *ctx.args), None, None, None, None, None)
-
 # %% ../../nbs/12_triton_attention.ipynb #b0537005
-# Inside torch.compile the kernels run as custom operators (core: `kernel_op`), opaque to the compiler. The DropKey seed
-# is a tensor there: drawing it as a Python int reads a value from a tensor, which would split the compiled graph.
-@kernel_op("attention_fwd", "(Tensor q, Tensor k, Tensor v, int C, int W, float p_drop, Tensor seed, int q_start, int k_start, int[]? blocks) -> (Tensor, Tensor)")
-def _attention_fwd_op(q, k, v, C, W, p_drop, seed, q_start, k_start, blocks):
+def _attention_fwd_impl(q, k, v, C, W, p_drop, seed, q_start, k_start, blocks):
+    "The forward kernel: o and the per-row log-sum-exp the backward rebuilds P from."
     return _attention_fwd(q, k, v, C, W, p_drop, int(seed), q_start, k_start, None if blocks is None else tuple(blocks))
 
-@_attention_fwd_op.register_fake
-def _(q, k, v, C, W, p_drop, seed, q_start, k_start, blocks):
+def _attention_fake(q, k, v, C, W, p_drop, seed, q_start, k_start, blocks):
     B, Lq, H, _ = q.shape
     return q.new_empty(B, Lq, H, v.shape[-1]), q.new_empty(B, H, Lq, dtype=torch.float32)
 
-@kernel_op("attention_bwd", "(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, int C, int W, float p_drop, Tensor seed, int[]? blocks) -> (Tensor, Tensor, Tensor)")
-def _attention_bwd_op(do, q, k, v, o, lse, C, W, p_drop, seed, blocks):
+def _attention_bwd_impl(grads, inputs, kept):
+    "The backward kernels from dO, the inputs, O and the log-sum-exp: dq, dk, dv."
+    (do,), (q, k, v, C, W, p_drop, seed, _, _, blocks), (o, lse) = grads, inputs, kept
     return _attention_bwd(do, q, k, v, o, lse, C, W, p_drop, int(seed), None if blocks is None else tuple(blocks))
 
-@_attention_bwd_op.register_fake
-def _(do, q, k, v, o, lse, C, W, p_drop, seed, blocks): return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-def _attention_op_setup(ctx, inputs, output):
-    q, k, v, C, W, p_drop, seed, _, _, blocks = inputs
-    ctx.save_for_backward(q, k, v, *output, seed)
-    ctx.args = (C, W, p_drop, blocks)
-
-def _attention_op_backward(ctx, do, _dlse):
-    q, k, v, o, lse, seed = ctx.saved_tensors
-    C, W, p_drop, blocks = ctx.args
-    return (*_attention_bwd_op(do, q, k, v, o, lse, C, W, p_drop, seed, blocks), None, None, None, None, None, None, None)
-
-_attention_fwd_op.register_autograd(_attention_op_backward, setup_context=_attention_op_setup)
+_attention_kernels = KernelFunction(
+    "attention", "(Tensor q, Tensor k, Tensor v, int C, int W, float p_drop, Tensor seed, int q_start, int k_start, int[]? blocks) -> (Tensor, Tensor)",
+    _attention_fwd_impl, _attention_fake, _attention_bwd_impl, grad_for=("q", "k", "v"), keep=(0, 1), shown=1)
 
 # %% ../../nbs/12_triton_attention.ipynb #attn034
-def _draw_seed() -> int: return int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64).item())
-
 def attention_triton(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
                      k: Tensor, # [B, L, H, dz] keys (RoPE applied)
                      v: Tensor, # [B, L, H, dv] values (dv may differ from dz)
@@ -420,19 +400,16 @@ def attention_triton(q: Tensor, # [B, L, H, dz] queries (RoPE applied)
                      *, blocks: tuple | None = None, # (BM, BN, BDV) override of the tile sizes
                     ) -> Tensor: # [B, L, H, dv] in q's dtype
     "Chunked multi-chunk causal attention (scale 1) with in-kernel DropKey; differentiable in q, k, v."
-    B, L, H, dz, dv = _check_qkv(q, k, v, chunk_size, attention_chunks, dropout)
+    B, L, H, dz, dv = check_qkv(q, k, v, chunk_size, attention_chunks, dropout)
     resolve_backend("triton", q, k, v, available=("triton",))
     if q.dtype not in (torch.float32, torch.bfloat16): raise TypeError(f"attention_triton takes float32 or bfloat16, got {q.dtype}")
     if dropout > 0 and not dropkey:
         raise NotImplementedError("the Triton kernel implements DropKey only; post-softmax dropout is in backend='torch'")
     p_drop = dropout if dropkey else 0.0
     if L == 0: return v.new_zeros(B, 0, H, dv)
-    if torch.compiler.is_compiling():  # the operators above; the seed stays a tensor
-        if p_drop > 0 and seed is None: seed_t = torch.randint(0, 2**31 - 1, (), dtype=torch.int64)
-        else: seed_t = torch.tensor(int(seed) if p_drop > 0 else 0)
-        return _attention_fwd_op(q, k, v, chunk_size, attention_chunks, p_drop, seed_t, 0, 0, blocks)[0]
-    seed = (_draw_seed() if seed is None else int(seed)) if p_drop > 0 else 0
-    return _ChunkedAttention.apply(q, k, v, chunk_size, attention_chunks, p_drop, seed, blocks)
+    if p_drop > 0 and seed is None: seed_t = torch.randint(0, 2**31 - 1, (), dtype=torch.int64)  # torch's generator
+    else: seed_t = torch.tensor(int(seed) if p_drop > 0 else 0)
+    return _attention_kernels(q, k, v, chunk_size, attention_chunks, p_drop, seed_t, 0, 0, blocks)[0]
 
 # %% ../../nbs/12_triton_attention.ipynb #attn040
 def attention_decode_triton(q: Tensor, # [B, n, H, dz] new queries at positions seen … seen+n−1 (RoPE applied)
@@ -455,9 +432,12 @@ def attention_decode_triton(q: Tensor, # [B, n, H, dz] new queries at positions 
     resolve_backend("triton", q, k_cache, v_cache, available=("triton",))
     cfg = _config(dz, v_cache.shape[-1], q.dtype)
     blocks = (16, cfg["BN"], cfg["BDV"]) if n <= 16 else None  # one small query tile for a decode step
-    if torch.compiler.is_compiling():
-        return _attention_fwd_op(q, k_cache, v_cache, chunk_size, attention_chunks, 0.0, torch.tensor(0), seen, seen + n - Lk, blocks)[0]
-    with torch.no_grad():
-        o, _ = _attention_fwd(q, k_cache, v_cache, chunk_size, attention_chunks, 0.0, 0,
-                              q_start=seen, k_start=seen + n - Lk, blocks=blocks)
-    return o
+    with torch.no_grad():  # inference only: the forward kernel, no autograd node
+        return _attention_kernels(q, k_cache, v_cache, chunk_size, attention_chunks, 0.0, torch.tensor(0), seen, seen + n - Lk, blocks)[0]
+
+# the paths `attention(..., backend="triton")` and `attention_step` run; looked up by name at call time, so a test can swap them
+@register_path("attention", "triton")
+def _attention_triton_path(q, k, v, C, W, dropout, dropkey): return attention_triton(q, k, v, C, W, dropout, dropkey)
+
+@register_path("attention_decode", "triton")
+def _attention_decode_path(q, k_cache, v_cache, seen, C, W): return attention_decode_triton(q, k_cache, v_cache, seen, C, W)

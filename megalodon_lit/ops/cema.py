@@ -12,21 +12,20 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..core import kernel_op, out_buffer, triton_interpreting
-from ..cema import _cema_inputs, _narrow, _needs_grad
+from ..core import KernelFunction, out_buffer, register_path, triton_interpreting
+from ..cema import SHORT_STEPS, check_cema_inputs, narrow_table, needs_grad
 from ..cema_params import cema_powers, cema_kernel
 
 # %% auto #0
-__all__ = ['DOT_PRECISION', 'LAUNCH', 'cema_step_triton', 'CEMATriton', 'cema_triton']
+__all__ = ['DOT_PRECISION', 'LAUNCH', 'cema_step_triton', 'cema_triton']
 
 # %% ../../nbs/10_triton_cema.ipynb #77e8a88c
-def _as_pairs(z: Tensor) -> Tensor:
-    "A complex tensor as contiguous float32 (re, im) pairs in a new last dimension."
-    return torch.view_as_real(z.to(torch.complex64).contiguous())
-
 @triton.jit
 def _cema_step_fwd_kernel(x_ptr, y_ptr, p_ptr, q_ptr, g_ptr, h0_ptr, h_ptr, D, L, N,
                           HAS_H0: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+    """Grid (B, cdiv(D, BD)). One program owns batch row i_b and the BD channels from i_d·BD, all N states of each.
+    Reads x [B, D, L], the [D, N] tables p, q, g (complex as (re, im) pairs) and h0 [B, D, N, 2] if HAS_H0; steps t = 0 … L−1
+    with the state in registers; writes y [B, D, L] and the final state h [B, D, N, 2]."""
     i_b, i_d = tl.program_id(0), tl.program_id(1)
     o_d = i_d * BD + tl.arange(0, BD)
     o_n = tl.arange(0, BN)
@@ -56,21 +55,12 @@ def _cema_step_fwd_kernel(x_ptr, y_ptr, p_ptr, q_ptr, g_ptr, h0_ptr, h_ptr, D, L
     tl.store(h_ptr + 2 * o_bdn + 1, b_hi, mask=m_dn)
 
 # %% ../../nbs/10_triton_cema.ipynb #c4f8d281
-def cema_step_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
-                     p: Tensor, # [D, N] real input weights
-                     q: Tensor, # [D, N] complex decay factors
-                     g: Tensor, # [D, N] complex output projection
-                     h0: Tensor | None = None, # [B, D, N] complex state before step 0 (zeros if None)
-                     block_d: int = 16, # channels per program, BD
-                    ) -> tuple[Tensor, Tensor]: # y [B, D, L] in x's dtype, h [B, D, N] complex64
-    "CEMA forward by the step kernel: the recurrence, one program per (batch row, block of channels); no gradients."
-    _cema_inputs(x, p, q, g, h0)
-    if x.dtype == torch.float64: raise TypeError("the Triton kernels compute in float32; use cema_recurrent or cema_chunked for float64")
-    step = _cema_step_op if torch.compiler.is_compiling() else _step_launch  # the operator is opaque to the compiler (section 5)
-    return step(x.contiguous(), p, q, g, h0, block_d)
+def _as_pairs(z: Tensor) -> Tensor:
+    "A complex tensor as contiguous float32 (re, im) pairs in a new last dimension."
+    return torch.view_as_real(z.to(torch.complex64).contiguous())
 
 def _step_launch(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None, block_d: int) -> tuple[Tensor, Tensor]:
-    "Launch the step kernel on contiguous, already checked inputs."
+    "Launch the step kernel on contiguous, already checked inputs (no device read, so a decode step never waits on the GPU)."
     (B, D, L), N = x.shape, p.shape[1]
     y = out_buffer(*x.shape, device=x.device, dtype=x.dtype)
     h = out_buffer(B, D, N, 2, device=x.device)
@@ -79,6 +69,24 @@ def _step_launch(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None, 
         _as_pairs(h0.detach()) if h0 is not None else h, h, D, L, N,
         HAS_H0=h0 is not None, BD=block_d, BN=triton.next_power_of_2(N))
     return y, torch.view_as_complex(h)
+
+def _step_fake(x, p, q, g, h0, BD): return x.new_empty(x.shape), x.new_empty(x.shape[0], x.shape[1], p.shape[1], dtype=torch.complex64)
+
+# forward only (no backward): a plain call in eager mode, an operator inside torch.compile (core: `KernelFunction`)
+_cema_step = KernelFunction("cema_step", "(Tensor x, Tensor p, Tensor q, Tensor g, Tensor? h0, int BD) -> (Tensor, Tensor)", _step_launch, _step_fake)
+
+# %% ../../nbs/10_triton_cema.ipynb #01122ba9
+def cema_step_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
+                     p: Tensor, # [D, N] real input weights
+                     q: Tensor, # [D, N] complex decay factors
+                     g: Tensor, # [D, N] complex output projection
+                     h0: Tensor | None = None, # [B, D, N] complex state before step 0 (zeros if None)
+                     block_d: int = 16, # channels per program, BD
+                    ) -> tuple[Tensor, Tensor]: # y [B, D, L] in x's dtype, h [B, D, N] complex64
+    "CEMA forward by the step kernel: the recurrence, one program per (batch row, block of channels); no gradients."
+    check_cema_inputs(x, p, q, g, h0)
+    if x.dtype == torch.float64: raise TypeError("the Triton kernels compute in float32; use cema_recurrent or cema_chunked for float64")
+    return _cema_step(x.contiguous(), p, q, g, h0, block_d)
 
 # %% ../../nbs/10_triton_cema.ipynb #80b47ea9
 @triton.jit
@@ -109,12 +117,24 @@ def _load_tn(ptr, o_tab, o_t, o_n, N, T: tl.constexpr):
     m = (o_n[None, :] < N) & (o_t[:, None] < T)
     return tl.load(ptr + o, mask=m, other=0.), tl.load(ptr + o + N * T, mask=m, other=0.)
 
+@triton.jit
+def _store_tn(ptr, o_tab, b_r, b_i, o_t, o_n, N, T: tl.constexpr):
+    "Two [T, BN] blocks (real, imaginary) into one channel of a complex [D, 2, N, T] table: _load_tn reversed."
+    o = o_tab + o_n[None, :] * T + o_t[:, None]
+    m = (o_n[None, :] < N) & (o_t[:, None] < T)
+    tl.store(ptr + o, b_r, mask=m)
+    tl.store(ptr + o + N * T, b_i, mask=m)
+
 # %% ../../nbs/10_triton_cema.ipynb #a7c164e2
 @triton.jit
 def _cema_chunk_fwd_kernel(x_ptr, y_ptr, k_ptr, pin_ptr, gout_ptr, qT_ptr, qr_ptr, h0_ptr, h_ptr, s_ptr,
                            B, D, L, N, NC,
                            HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr,
                            T: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (B·D,): program i_bd is channel i_bd // B of batch row i_bd % B. One program owns one (b, d) row of x, all L steps,
+    walked in tiles of BC chunks of T steps. Reads x [B, D, L] and the channel's tables: k [D, T], p q^(T−1−s) and g q^(t+1)
+    [D, 2, N, T], q^T and q^r [D, N, 2]; h0 [B, D, N, 2] if HAS_H0. Writes y [B, D, L], the final state h [B, D, N, 2] and,
+    if SAVE_STATES, the state before every chunk, s [B, D, NC, 2, N]."""
     i_bd = tl.program_id(0)
     i_d, i_b = i_bd // B, i_bd % B                  # neighbouring programs share a channel, so its tables stay in L2
     o_t = tl.arange(0, T)
@@ -184,20 +204,22 @@ DOT_PRECISION = "tf32x3"  # float32 matmuls on tensor cores at ~float32 accuracy
 # (compute-sanitizer: invalid __shared__ read; M 0.94 off, larger shapes an illegal address), which the interpreter cannot show.
 LAUNCH = {"fwd": {"num_warps": 4}, "bwd": {"num_warps": 8}, "bwd_params": {"num_warps": 4}}
 
+# %% ../../nbs/10_triton_cema.ipynb #2ecb4df6
 def _split(table: Tensor) -> Tensor:
     "A complex [D, N, T] table as float32 [D, 2, N, T] (real block, imaginary block), subnormals flushed."
-    t = _narrow(table, torch.complex64)
+    t = narrow_table(table, torch.complex64)
     return torch.stack([t.real, t.imag], 1).contiguous()
 
-def _narrow_pairs(z: Tensor) -> Tensor: return _as_pairs(_narrow(z, torch.complex64))
+def _narrow_pairs(z: Tensor) -> Tensor: return _as_pairs(narrow_table(z, torch.complex64))
 
 def _fwd_tables(p: Tensor, q: Tensor, g: Tensor, T: int, r: int) -> tuple[Tensor, ...]:
     "The chunked forward's tables, built in float64: k [D, T], p q^{T-1-s}, g q^{t+1}, q^T, q^r."
     p64, g64 = p.to(torch.float64).unsqueeze(-1), g.to(torch.complex128).unsqueeze(-1)
     powers = cema_powers(q, torch.arange(T + 1))                                  # [D, N, T+1]: q^0 .. q^T
-    k = _narrow(cema_kernel(p, q, g, T, powers), torch.float32).contiguous()
+    k = narrow_table(cema_kernel(p, q, g, T, powers), torch.float32).contiguous()
     return k, _split(p64 * powers[..., :T].flip(-1)), _split(g64 * powers[..., 1:]), _narrow_pairs(powers[..., T]), _narrow_pairs(powers[..., r])
 
+# %% ../../nbs/10_triton_cema.ipynb #40070e46
 def _blocks(x: Tensor, N: int) -> tuple[int, int]:
     "(BC, BN): chunks per tile and padded N; >= 16 on a GPU (tl.dot), smaller under the CPU interpreter (less numpy work)."
     if x.is_cuda: return 16, max(16, triton.next_power_of_2(N))
@@ -223,6 +245,10 @@ def _chunk_fwd(x: Tensor, p: Tensor, q: Tensor, g: Tensor, h0: Tensor | None, T:
 def _cema_chunk_bwd_dx_kernel(dy_ptr, dh_ptr, dx_ptr, dh0_ptr, e_ptr, k_ptr, w1_ptr, v1_ptr, g_ptr, p_ptr, cqT_ptr, cqr_ptr,
                               B, D, L, N, NC,
                               T: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (B·D,), as the forward. One program owns one (b, d) row and walks its tiles of chunks in reverse. Reads dy [B, D, L],
+    dh [B, D, N, 2] and the channel's tables: k [D, T], conj(q)^(t+1) and conj(q)^(T−1−t) [D, 2, N, T], g, conj(q)^T,
+    conj(q)^r [D, N, 2], p [D, N]. Writes dx [B, D, L], dh0 [B, D, N, 2] and E, the gradient arriving at every chunk's
+    end state, [B, D, NC, 2, N] (zero for the last chunk, whose terms come from its window)."""
     i_bd = tl.program_id(0)
     i_d, i_b = i_bd // B, i_bd % B                  # neighbouring programs share a channel, so its tables stay in L2
     o_t = tl.arange(0, T)
@@ -292,20 +318,15 @@ def _cema_chunk_bwd_dx_kernel(dy_ptr, dh_ptr, dx_ptr, dh0_ptr, e_ptr, k_ptr, w1_
     tl.store(dh0_ptr + 2 * o_bdn, b_h0r + b_Zr + tl.where(NC == 1, b_cr, 0.), mask=m_n)
     tl.store(dh0_ptr + 2 * o_bdn + 1, b_h0i + b_Zi + tl.where(NC == 1, b_ci, 0.), mask=m_n)
 
-
 # %% ../../nbs/10_triton_cema.ipynb #4f9d2e61
-@triton.jit
-def _store_tn(ptr, o_tab, b_r, b_i, o_t, o_n, N, T: tl.constexpr):
-    "Two [T, BN] blocks (real, imaginary) into one channel of a complex [D, 2, N, T] table: _load_tn reversed."
-    o = o_tab + o_n[None, :] * T + o_t[:, None]
-    m = (o_n[None, :] < N) & (o_t[:, None] < T)
-    tl.store(ptr + o, b_r, mask=m)
-    tl.store(ptr + o + N * T, b_i, mask=m)
-
 @triton.jit
 def _cema_chunk_bwd_params_kernel(x_ptr, dy_ptr, s_ptr, e_ptr, dh_ptr, es_ptr, gs_ptr, ge_ptr, m_ptr, fT_ptr, fr_ptr,
                                   B, D, L, N, NC,
                                   T: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """Grid (D,). One program owns one channel and loops over every batch row and its tiles of chunks (no scan, any order).
+    Reads x, dy [B, D, L], the chunk states s and E [B, D, NC, 2, N], dh [B, D, N, 2], T conj(q)^(T−1) and r conj(q)^(r−1)
+    [D, N, 2]. Writes the channel's sums: es [D, N, 2] (the E conj(S) terms of dq), GS = Σ dYᵀ conj(S) and GE = Σ Xᵀ E
+    [D, 2, N, T], M = Σ Xᵀ dY [D, T, T]."""
     i_d = tl.program_id(0)
     o_t = tl.arange(0, T)
     o_n = tl.arange(0, BN)
@@ -366,7 +387,6 @@ def _cema_chunk_bwd_params_kernel(x_ptr, dy_ptr, s_ptr, e_ptr, dh_ptr, es_ptr, g
     _store_tn(ge_ptr, o_tab, b_GEr, b_GEi, o_t, o_n, N, T)
     tl.store(m_ptr + i_d.to(tl.int64) * T * T + o_t[:, None] * T + o_t[None, :], b_M)
 
-
 # %% ../../nbs/10_triton_cema.ipynb #68185154
 def _bwd_weights(q: Tensor, T: int) -> tuple[Tensor, ...]:
     "The weights over a chunk's steps t, float64 [D, N, T]: W1 = q̄^(t+1), W2 = (t+1) q̄^t, V1 = q̄^(T-1-t), V2 = (T-1-t) q̄^(T-2-t)."
@@ -379,9 +399,10 @@ def _bwd_tables(p: Tensor, q: Tensor, g: Tensor, T: int, r: int, weights: tuple[
     "The tables the backward kernels read, built in float64, stored float32: k, W1, V1, g, p, conj(q)^T, conj(q)^r, T conj(q)^(T-1), r conj(q)^(r-1)."
     W1, _, V1, _ = weights
     ends = cema_powers(q.to(torch.complex128).conj(), torch.tensor([T, r, T - 1, r - 1]))
-    return (_narrow(cema_kernel(p, q, g, T), torch.float32).contiguous(), _split(W1), _split(V1), _as_pairs(g), p.to(torch.float32).contiguous(),
+    return (narrow_table(cema_kernel(p, q, g, T), torch.float32).contiguous(), _split(W1), _split(V1), _as_pairs(g), p.to(torch.float32).contiguous(),
             _narrow_pairs(ends[..., 0]), _narrow_pairs(ends[..., 1]), _narrow_pairs(T * ends[..., 2]), _narrow_pairs(r * ends[..., 3]))
 
+# %% ../../nbs/10_triton_cema.ipynb #808b8a45
 def _diag_sums(M: Tensor) -> Tensor: # [D, T, T] -> [D, T]
     "c[d, j] = Σ_s M[d, s, s + j]: the lag correlations from the summed X^T dY blocks (one gather, no loop over j)."
     T = M.shape[-1]
@@ -401,6 +422,7 @@ def _param_grads(p: Tensor, g: Tensor, es: Tensor, GS: Tensor, GE: Tensor, M: Te
     dp = (V1 * GE).sum(-1).real + (gc * R).real
     return dp, dq, dg
 
+# %% ../../nbs/10_triton_cema.ipynb #f2d2e7ab
 def _chunk_bwd(x: Tensor, dy: Tensor, states: Tensor, dh: Tensor, p: Tensor, q: Tensor, g: Tensor, T: int,
                BC: int | None = None, BN: int | None = None, prec: str | None = None) -> tuple[Tensor, ...]:
     "Launch the chunked backward (two kernels): dx (x's dtype), dp, dq, dg (float64 / complex128), dh0 (complex64)."
@@ -420,65 +442,24 @@ def _chunk_bwd(x: Tensor, dy: Tensor, states: Tensor, dh: Tensor, p: Tensor, q: 
     _cema_chunk_bwd_params_kernel[(D,)](x, dy, states, E, dh, es, GS, GE, M, fT, fr, B, D, L, N, NC, **blocks, **LAUNCH["bwd_params"])
     return dx, *_param_grads(p, g, es, GS, GE, M, weights), torch.view_as_complex(dh0)
 
-
 # %% ../../nbs/10_triton_cema.ipynb #557488c1
-class CEMATriton(torch.autograd.Function):
-    "CEMA through the chunked Triton kernels, differentiable in x, p, q, g and h0."
-    @staticmethod
-    def forward(ctx, x, p, q, g, h0, T):
-        save = any(ctx.needs_input_grad[:5])
-        y, h, s = _chunk_fwd(x, p.detach(), q.detach(), g.detach(), None if h0 is None else h0.detach(), T, save)
-        if save: ctx.save_for_backward(x, p, q, g, s)
-        ctx.T, ctx.h0_dtype = T, None if h0 is None else h0.dtype
-        return y, h
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy, dh):
-        dx, dp, dq, dg, dh0 = _grads(dy, dh, *ctx.saved_tensors, ctx.T)
-        return dx, dp, dq, dg, None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype), None
-
-def _grads(dy, dh, x, p, q, g, s, T):
-    "The chunked backward with each gradient in its input's dtype (dh0 complex64)."
-    dx, dp, dq, dg, dh0 = _chunk_bwd(x, dy, s, dh.to(torch.complex64), p.detach(), q.detach(), g.detach(), T)
-    return dx, dp.to(p.dtype), dq.to(q.dtype), dg.to(g.dtype), dh0
-
-# %% ../../nbs/10_triton_cema.ipynb #da66979b
-@kernel_op("cema_chunk_fwd", "(Tensor x, Tensor p, Tensor q, Tensor g, Tensor? h0, int T, bool save) -> (Tensor, Tensor, Tensor)")
-def _cema_fwd_op(x, p, q, g, h0, T, save):
-    y, h, s = _chunk_fwd(x, p, q, g, h0, T, save)
+def _cema_fwd(x, p, q, g, h0, T, save):
+    "The chunked forward: y, h, and the chunk states if `save` (an empty tensor otherwise)."
+    y, h, s = _chunk_fwd(x, p.detach(), q.detach(), g.detach(), None if h0 is None else h0.detach(), T, save)
     return y, h, s if save else x.new_empty(0, dtype=torch.float32)
 
-@_cema_fwd_op.register_fake
-def _(x, p, q, g, h0, T, save):
+def _cema_fake(x, p, q, g, h0, T, save):
     (B, D, L), N = x.shape, p.shape[1]
     s = x.new_empty((B, D, triton.cdiv(L, T), 2, N) if save else (0,), dtype=torch.float32)
     return x.new_empty(x.shape), x.new_empty(B, D, N, dtype=torch.complex64), s
 
-@kernel_op("cema_chunk_bwd", "(Tensor dy, Tensor dh, Tensor x, Tensor p, Tensor q, Tensor g, Tensor s, int T) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
-def _cema_bwd_op(dy, dh, x, p, q, g, s, T): return _grads(dy, dh, x, p, q, g, s, T)
+def _cema_bwd(grads, inputs, kept):
+    "The chunked backward from dy, dh and the saved chunk states: dx, dp, dq, dg, dh0."
+    (dy, dh), (x, p, q, g, _, T, _), (s,) = grads, inputs, kept
+    return _chunk_bwd(x, dy, s, dh.to(torch.complex64), p.detach(), q.detach(), g.detach(), T)
 
-@_cema_bwd_op.register_fake
-def _(dy, dh, x, p, q, g, s, T):
-    # fresh contiguous tensors, as the kernels and the float64 finish return (a fake must match the real strides)
-    return x.new_empty(x.shape), p.new_empty(p.shape), q.new_empty(q.shape), g.new_empty(g.shape), x.new_empty(*dh.shape, dtype=torch.complex64)
-
-def _cema_op_setup(ctx, inputs, output):
-    x, p, q, g, h0, T, _ = inputs
-    ctx.save_for_backward(x, p, q, g, output[2])
-    ctx.T, ctx.h0_dtype = T, None if h0 is None else h0.dtype
-
-def _cema_op_backward(ctx, dy, dh, _ds):
-    dx, dp, dq, dg, dh0 = _cema_bwd_op(dy, dh, *ctx.saved_tensors, ctx.T)
-    return dx, dp, dq, dg, None if ctx.h0_dtype is None else dh0.to(ctx.h0_dtype), None, None
-
-_cema_fwd_op.register_autograd(_cema_op_backward, setup_context=_cema_op_setup)
-
-@kernel_op("cema_step", "(Tensor x, Tensor p, Tensor q, Tensor g, Tensor? h0, int BD) -> (Tensor, Tensor)")
-def _cema_step_op(x, p, q, g, h0, BD): return _step_launch(x, p, q, g, h0, BD)  # checks ran before (no device read per step)
-
-@_cema_step_op.register_fake
-def _(x, p, q, g, h0, BD): return x.new_empty(x.shape), x.new_empty(x.shape[0], x.shape[1], p.shape[1], dtype=torch.complex64)
+_cema_chunk = KernelFunction("cema_chunk", "(Tensor x, Tensor p, Tensor q, Tensor g, Tensor? h0, int T, bool save) -> (Tensor, Tensor, Tensor)",
+                             _cema_fwd, _cema_fake, _cema_bwd, grad_for=("x", "p", "q", "g", "h0"), keep=(2,), shown=2)
 
 # %% ../../nbs/10_triton_cema.ipynb #5aff162d
 def cema_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
@@ -489,7 +470,7 @@ def cema_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
                 chunk_size: int | None = None, # chunk length T, a power of two >= 16 (None: 64)
                ) -> tuple[Tensor, Tensor]: # y [B, D, L] in x's dtype, h [B, D, N] complex64
     "CEMA through the chunked Triton kernels (forward and backward), on CUDA or under TRITON_INTERPRET=1."
-    B, D, L, N, _, _ = _cema_inputs(x, p, q, g, h0)
+    B, D, L, N, _, _ = check_cema_inputs(x, p, q, g, h0)
     if x.dtype == torch.float64: raise TypeError("cema_triton computes in float32 (x float32 or bfloat16); use cema_chunked for float64")
     T = 64 if chunk_size is None else chunk_size
     if not isinstance(T, int) or T < 16 or T & (T - 1): raise ValueError(f"chunk_size must be a power of two >= 16, got {chunk_size!r}")
@@ -497,7 +478,10 @@ def cema_triton(x: Tensor, # [B, D, L] real input, float32 or bfloat16
     if L == 0:
         h = h0.to(torch.complex64) if h0 is not None else torch.zeros(B, D, N, dtype=torch.complex64, device=x.device)
         return x.new_zeros(B, D, 0), h
-    if torch.compiler.is_compiling():  # an opaque operator for the compiler (above)
-        y, h, _ = _cema_fwd_op(x.contiguous(), p, q, g, h0, T, _needs_grad(x, p, q, g, h0))
-        return y, h
-    return CEMATriton.apply(x.contiguous(), p, q, g, h0, T)
+    return _cema_chunk(x.contiguous(), p, q, g, h0, T, needs_grad(x, p, q, g, h0))
+
+@register_path("cema", "triton")
+def _cema_triton_path(x, p, q, g, h0, chunk_size):
+    "The Triton path of `cema`: a few steps without gradients take the step kernel (one launch, no tables), the rest the chunked kernels."
+    if x.shape[-1] <= SHORT_STEPS and not needs_grad(x, p, q, g, h0): return cema_step_triton(x, p, q, g, h0)
+    return cema_triton(x, p, q, g, h0)  # the kernels choose their own chunk length

@@ -12,15 +12,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..core import kernel_op, out_buffer, triton_interpreting
-from ..timestep_norm import _tsn_inputs
+from ..core import KernelFunction, out_buffer, register_path, triton_interpreting
+from ..timestep_norm import check_tsn_inputs
 
 # %% auto #0
 __all__ = ['timestep_norm_triton']
 
 # %% ../../nbs/11_triton_timestep_norm.ipynb #a960fde0
 @triton.jit
-def _group_tile(p_x, i_b, i_g, t0, L, D, Dg, BT: tl.constexpr, BD: tl.constexpr):
+def _group_tile(x_ptr, i_b, i_g, t0, L, D, Dg, BT: tl.constexpr, BD: tl.constexpr):
     "x[b, t0:t0+BT, channels of group g] as float32 [BT, BD]; the tile's int64 base, int32 offsets within it, masks."
     o_t, o_d = t0 + tl.arange(0, BT), tl.arange(0, BD)
     m_t, m_d = o_t < L, o_d < Dg
@@ -28,7 +28,7 @@ def _group_tile(p_x, i_b, i_g, t0, L, D, Dg, BT: tl.constexpr, BD: tl.constexpr)
     base = (i_b.to(tl.int64) * L + t0) * D + i_g * Dg
     o_x = tl.arange(0, BT)[:, None] * D + o_d[None, :]
     m_x = m_t[:, None] & m_d[None, :]
-    b_x = tl.load(p_x + base + o_x, mask=m_x, other=0.).to(tl.float32)
+    b_x = tl.load(x_ptr + base + o_x, mask=m_x, other=0.).to(tl.float32)
     return b_x, base, o_x, m_x, o_t, m_t, m_d
 
 @triton.jit
@@ -62,42 +62,45 @@ def _fwd_walk(mu, s2, k, n_s, M_s, V_s):
     return M, V, n_e, M_e, V_e
 
 @triton.jit
-def _normalise_store(p_y, p_M, p_r, b_x, k, M, V, b_a, b_b, base, o_x, m_x, o_t, m_t, i_b, i_g, L, G, eps):
+def _normalise_store(y_ptr, M_ptr, r_ptr, b_x, k, M, V, b_a, b_b, base, o_x, m_x, o_t, m_t, i_b, i_g, L, G, eps):
     "Write y = (x − M)·rstd·(1+w) + b (0 on padded steps) and save each step's mean and rstd for the backward."
     rstd = tl.rsqrt(V + eps)
     b_y = (b_x - M[:, None]) * rstd[:, None] * b_a[None, :] + b_b[None, :]
     b_y = tl.where(k[:, None] > 0, b_y, 0.)
-    tl.store(p_y + base + o_x, b_y.to(p_y.dtype.element_ty), mask=m_x)
+    tl.store(y_ptr + base + o_x, b_y.to(y_ptr.dtype.element_ty), mask=m_x)
     o_s = (i_b.to(tl.int64) * L + o_t) * G + i_g
-    tl.store(p_M + o_s, M, mask=m_t)
-    tl.store(p_r + o_s, rstd, mask=m_t)
+    tl.store(M_ptr + o_s, M, mask=m_t)
+    tl.store(r_ptr + o_s, rstd, mask=m_t)
 
 @triton.jit
-def _fwd_tile(p_x, p_k, p_y, p_M, p_r, b_a, b_b, i_b, i_g, t0, n_s, M_s, V_s, L, D, G, Dg, eps,
+def _fwd_tile(x_ptr, k_ptr, y_ptr, M_ptr, r_ptr, b_a, b_b, i_b, i_g, t0, n_s, M_s, V_s, L, D, G, Dg, eps,
               BT: tl.constexpr, BD: tl.constexpr):
     "Normalise one tile of one group from its start state; save the running mean and rstd; return the end state."
-    b_x, base, o_x, m_x, o_t, m_t, m_d = _group_tile(p_x, i_b, i_g, t0, L, D, Dg, BT, BD)
-    k = tl.load(p_k + i_b * L + o_t, mask=m_t, other=0.)
+    b_x, base, o_x, m_x, o_t, m_t, m_d = _group_tile(x_ptr, i_b, i_g, t0, L, D, Dg, BT, BD)
+    k = tl.load(k_ptr + i_b * L + o_t, mask=m_t, other=0.)
     mu, s2 = _group_moments(b_x, m_d, Dg)
     M, V, n_e, M_e, V_e = _fwd_walk(mu, s2, k, n_s, M_s, V_s)
-    _normalise_store(p_y, p_M, p_r, b_x, k, M, V, b_a, b_b, base, o_x, m_x, o_t, m_t, i_b, i_g, L, G, eps)
+    _normalise_store(y_ptr, M_ptr, r_ptr, b_x, k, M, V, b_a, b_b, base, o_x, m_x, o_t, m_t, i_b, i_g, L, G, eps)
     return n_e, M_e, V_e
 
 # %% ../../nbs/11_triton_timestep_norm.ipynb #9cad0f11
 @triton.jit
-def _tsn_fwd_loop_kernel(p_x, p_k, p_a, p_b, p_n0, p_m0, p_v0, p_y, p_M, p_r, p_Mf, p_Vf,
+def _tsn_fwd_loop_kernel(x_ptr, k_ptr, a_ptr, b_ptr, n0_ptr, m0_ptr, v0_ptr, y_ptr, M_ptr, r_ptr, Mf_ptr, Vf_ptr,
                          L, D, G, Dg, eps, BT: tl.constexpr, BD: tl.constexpr):
+    """Grid (G, B). One program owns group g of batch row b over the whole sequence and walks its tiles of BT steps
+    in order, carrying (count, mean, var). Reads x [B, L, D], keep [B, L], 1 + weight and bias [D], the incoming state n0 [B],
+    m0, v0 [B, G]; writes y [B, L, D], each step's mean and rstd [B, L, G] and the final mean and variance Mf, Vf [B, G]."""
     i_g, i_b = tl.program_id(0), tl.program_id(1)
     o_d = tl.arange(0, BD)
-    b_a = tl.load(p_a + i_g * Dg + o_d, mask=o_d < Dg, other=0.)
-    b_b = tl.load(p_b + i_g * Dg + o_d, mask=o_d < Dg, other=0.)
-    n = tl.load(p_n0 + i_b)
-    M = tl.load(p_m0 + i_b * G + i_g)
-    V = tl.load(p_v0 + i_b * G + i_g)
+    b_a = tl.load(a_ptr + i_g * Dg + o_d, mask=o_d < Dg, other=0.)
+    b_b = tl.load(b_ptr + i_g * Dg + o_d, mask=o_d < Dg, other=0.)
+    n = tl.load(n0_ptr + i_b)
+    M = tl.load(m0_ptr + i_b * G + i_g)
+    V = tl.load(v0_ptr + i_b * G + i_g)
     for t0 in range(0, L, BT):
-        n, M, V = _fwd_tile(p_x, p_k, p_y, p_M, p_r, b_a, b_b, i_b, i_g, t0, n, M, V, L, D, G, Dg, eps, BT, BD)
-    tl.store(p_Mf + i_b * G + i_g, M)
-    tl.store(p_Vf + i_b * G + i_g, V)
+        n, M, V = _fwd_tile(x_ptr, k_ptr, y_ptr, M_ptr, r_ptr, b_a, b_b, i_b, i_g, t0, n, M, V, L, D, G, Dg, eps, BT, BD)
+    tl.store(Mf_ptr + i_b * G + i_g, M)
+    tl.store(Vf_ptr + i_b * G + i_g, V)
 
 # %% ../../nbs/11_triton_timestep_norm.ipynb #58c2e535
 def _prep(x: Tensor, weight: Tensor, bias: Tensor, count: Tensor, mean: Tensor, var: Tensor, padding_mask: Tensor | None):
@@ -135,66 +138,73 @@ def _tsn_fwd_loop(x, keep, scale, shift, n0, m0, v0, G: int, eps: float, BT: int
 
 # %% ../../nbs/11_triton_timestep_norm.ipynb #5e613185
 @triton.jit
-def _tsn_fwd_stats_kernel(p_x, p_k, p_c, p_m, p_q, L, D, G, Dg, NT, BT: tl.constexpr, BD: tl.constexpr):
+def _tsn_fwd_stats_kernel(x_ptr, k_ptr, c_ptr, m_ptr, q_ptr, L, D, G, Dg, NT, BT: tl.constexpr, BD: tl.constexpr):
+    """Grid (NT, G, B). One program owns one tile of BT steps of one group of one batch row. Reads x [B, L, D] and
+    keep [B, L]; writes the tile's count, mean and sum of squared deviations c, m, q [B, G, NT]."""
     i_t, i_g, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    b_x, _, _, _, o_t, m_t, m_d = _group_tile(p_x, i_b, i_g, i_t * BT, L, D, Dg, BT, BD)
-    k = tl.load(p_k + i_b * L + o_t, mask=m_t, other=0.)
+    b_x, _, _, _, o_t, m_t, m_d = _group_tile(x_ptr, i_b, i_g, i_t * BT, L, D, Dg, BT, BD)
+    k = tl.load(k_ptr + i_b * L + o_t, mask=m_t, other=0.)
     mu, s2 = _group_moments(b_x, m_d, Dg)
     c = tl.sum(k, 0)
     m = tl.sum(k * mu, 0) / tl.maximum(c, 1.)
     q = tl.sum(k * (s2 + (mu - m) * (mu - m)), 0)
     o = (i_b * G + i_g) * NT + i_t
-    tl.store(p_c + o, c)
-    tl.store(p_m + o, m)
-    tl.store(p_q + o, q)
+    tl.store(c_ptr + o, c)
+    tl.store(m_ptr + o, m)
+    tl.store(q_ptr + o, q)
 
 @triton.jit
-def _chan_combine(c_a, m_a, q_a, c_b, m_b, q_b):
+def _chan_combine(c_a, mu_a, q_a, c_b, mu_b, q_b):
     "Merge two sets given as (count, mean, sum of squared deviations); a is the earlier one."
     c = c_a + c_b
     w = c_b / tl.where(c > 0, c, 1.)
-    delta = m_b - m_a
-    return c, tl.where(c_a > 0, m_a + delta * w, m_b), q_a + q_b + delta * delta * c_a * w
+    delta = mu_b - mu_a
+    return c, tl.where(c_a > 0, mu_a + delta * w, mu_b), q_a + q_b + delta * delta * c_a * w
 
 # %% ../../nbs/11_triton_timestep_norm.ipynb #4e9401ab
 @triton.jit
-def _tsn_fwd_scan_kernel(p_c, p_m, p_q, p_n0, p_m0, p_v0, p_ns, p_Ms, p_Vs, p_Mf, p_Vf, G, NT, BN: tl.constexpr):
+def _tsn_fwd_scan_kernel(c_ptr, m_ptr, q_ptr, n0_ptr, m0_ptr, v0_ptr, ns_ptr, Ms_ptr, Vs_ptr, Mf_ptr, Vf_ptr, G, NT, BN: tl.constexpr):
+    """Grid (G, B). One program owns the NT tile statistics of one (b, g), held as one block of BN > NT rows. Reads
+    c, m, q [B, G, NT] and the incoming state n0 [B], m0, v0 [B, G]; writes the state before every tile ns, Ms, Vs
+    [B, G, NT] and the final Mf, Vf [B, G]."""
     i_g, i_b = tl.program_id(0), tl.program_id(1)
     o = tl.arange(0, BN)
     base = (i_b * G + i_g) * NT
     # row j holds block j - 1 and row 0 the empty set, so the inclusive scan's row j is what precedes block j
     m_j = (o >= 1) & (o <= NT)
-    c = tl.load(p_c + base + o - 1, mask=m_j, other=0.)
-    m = tl.load(p_m + base + o - 1, mask=m_j, other=0.)
-    q = tl.load(p_q + base + o - 1, mask=m_j, other=0.)
+    c = tl.load(c_ptr + base + o - 1, mask=m_j, other=0.)
+    m = tl.load(m_ptr + base + o - 1, mask=m_j, other=0.)
+    q = tl.load(q_ptr + base + o - 1, mask=m_j, other=0.)
     pc, pm, pq = tl.associative_scan((c, m, q), 0, _chan_combine)
     # the incoming state goes in front; with no counted steps at all the state stays as it came
-    n0 = tl.load(p_n0 + i_b)
-    m0 = tl.load(p_m0 + i_b * G + i_g)
-    v0 = tl.load(p_v0 + i_b * G + i_g)
+    n0 = tl.load(n0_ptr + i_b)
+    m0 = tl.load(m0_ptr + i_b * G + i_g)
+    v0 = tl.load(v0_ptr + i_b * G + i_g)
     n = n0 + pc
     inv = 1 / tl.where(n > 0, n, 1.)
     delta = pm - m0
     M = tl.where(pc > 0, tl.where(n0 > 0, m0 + delta * pc * inv, pm), m0)
     V = tl.where(pc > 0, (n0 * v0 + pq + delta * delta * n0 * pc * inv) * inv, v0)
     m_s = o < NT
-    tl.store(p_ns + base + o, n, mask=m_s)
-    tl.store(p_Ms + base + o, M, mask=m_s)
-    tl.store(p_Vs + base + o, V, mask=m_s)
+    tl.store(ns_ptr + base + o, n, mask=m_s)
+    tl.store(Ms_ptr + base + o, M, mask=m_s)
+    tl.store(Vs_ptr + base + o, V, mask=m_s)
     o_f = i_b * G + i_g + o * 0
-    tl.store(p_Mf + o_f, M, mask=o == NT)
-    tl.store(p_Vf + o_f, V, mask=o == NT)
+    tl.store(Mf_ptr + o_f, M, mask=o == NT)
+    tl.store(Vf_ptr + o_f, V, mask=o == NT)
 
 # %% ../../nbs/11_triton_timestep_norm.ipynb #aede317b
 @triton.jit
-def _tsn_fwd_kernel(p_x, p_k, p_a, p_b, p_ns, p_Ms, p_Vs, p_y, p_M, p_r, L, D, G, Dg, NT, eps,
+def _tsn_fwd_kernel(x_ptr, k_ptr, a_ptr, b_ptr, ns_ptr, Ms_ptr, Vs_ptr, y_ptr, M_ptr, r_ptr, L, D, G, Dg, NT, eps,
                     BT: tl.constexpr, BD: tl.constexpr):
+    """Grid (NT, G, B). One program owns one tile of one group and starts from the state the scan gave it. Reads x,
+    keep, 1 + weight, bias and ns, Ms, Vs [B, G, NT]; writes y [B, L, D] and each step's mean and rstd [B, L, G]."""
     i_t, i_g, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_d = tl.arange(0, BD)
-    b_a = tl.load(p_a + i_g * Dg + o_d, mask=o_d < Dg, other=0.)
-    b_b = tl.load(p_b + i_g * Dg + o_d, mask=o_d < Dg, other=0.)
+    b_a = tl.load(a_ptr + i_g * Dg + o_d, mask=o_d < Dg, other=0.)
+    b_b = tl.load(b_ptr + i_g * Dg + o_d, mask=o_d < Dg, other=0.)
     o = (i_b * G + i_g) * NT + i_t
-    _fwd_tile(p_x, p_k, p_y, p_M, p_r, b_a, b_b, i_b, i_g, i_t * BT, tl.load(p_ns + o), tl.load(p_Ms + o), tl.load(p_Vs + o),
+    _fwd_tile(x_ptr, k_ptr, y_ptr, M_ptr, r_ptr, b_a, b_b, i_b, i_g, i_t * BT, tl.load(ns_ptr + o), tl.load(Ms_ptr + o), tl.load(Vs_ptr + o),
               L, D, G, Dg, eps, BT, BD)
 
 def _tsn_fwd_split(x, keep, scale, shift, n0, m0, v0, G: int, eps: float, BT: int | None = None):
@@ -211,35 +221,39 @@ def _tsn_fwd_split(x, keep, scale, shift, n0, m0, v0, G: int, eps: float, BT: in
 
 # %% ../../nbs/11_triton_timestep_norm.ipynb #ff169efb
 @triton.jit
-def _tsn_fwd_chain_kernel(p_x, p_k, p_a, p_b, p_ns, p_m0, p_v0, p_tk, p_chain, p_y, p_M, p_r, p_Mf, p_Vf,
+def _tsn_fwd_chain_kernel(x_ptr, k_ptr, a_ptr, b_ptr, ns_ptr, m0_ptr, v0_ptr, tk_ptr, chain_ptr, y_ptr, M_ptr, r_ptr, Mf_ptr, Vf_ptr,
                           L, D, G, Dg, NT, BG, eps, BT: tl.constexpr, BD: tl.constexpr):
+    """Grid (B·G·NT,), each program numbered by a ticket taken when it starts (tile, then (b, g)). One program owns
+    one tile of one group and waits for the previous tile's end state in chain [B·G, NT] (int64 words, −1 until written).
+    Reads x, keep, 1 + weight, bias, ns [B, NT], m0, v0 [B, G]; writes y, each step's mean and rstd, its end state into
+    chain and, for the last tile, Mf, Vf [B, G]."""
     # tickets in the order programs start: a program only ever waits for one that is already running
-    tk = tl.atomic_add(p_tk, 1)
+    tk = tl.atomic_add(tk_ptr, 1)
     i_t, bg = tk // BG, tk % BG
     i_b, i_g = bg // G, bg % G
     o_d = tl.arange(0, BD)
-    b_a = tl.load(p_a + i_g * Dg + o_d, mask=o_d < Dg, other=0.)
-    b_b = tl.load(p_b + i_g * Dg + o_d, mask=o_d < Dg, other=0.)
-    b_x, base, o_x, m_x, o_t, m_t, m_d = _group_tile(p_x, i_b, i_g, i_t * BT, L, D, Dg, BT, BD)
-    k = tl.load(p_k + i_b * L + o_t, mask=m_t, other=0.)
+    b_a = tl.load(a_ptr + i_g * Dg + o_d, mask=o_d < Dg, other=0.)
+    b_b = tl.load(b_ptr + i_g * Dg + o_d, mask=o_d < Dg, other=0.)
+    b_x, base, o_x, m_x, o_t, m_t, m_d = _group_tile(x_ptr, i_b, i_g, i_t * BT, L, D, Dg, BT, BD)
+    k = tl.load(k_ptr + i_b * L + o_t, mask=m_t, other=0.)
     mu, s2 = _group_moments(b_x, m_d, Dg)
-    n_s = tl.load(p_ns + i_b * NT + i_t)
-    M_s = tl.load(p_m0 + bg)
-    V_s = tl.load(p_v0 + bg)
+    n_s = tl.load(ns_ptr + i_b * NT + i_t)
+    M_s = tl.load(m0_ptr + bg)
+    V_s = tl.load(v0_ptr + bg)
     if i_t > 0:
         # the previous block's end state, (M, V) in one 64-bit word; -1 until written (V = max(., 0) is never that NaN)
-        w = tl.atomic_add(p_chain + bg * NT + i_t - 1, 0)
+        w = tl.atomic_add(chain_ptr + bg * NT + i_t - 1, 0)
         while w == -1:
-            w = tl.atomic_add(p_chain + bg * NT + i_t - 1, 0)
+            w = tl.atomic_add(chain_ptr + bg * NT + i_t - 1, 0)
         M_s = (w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
         V_s = (w & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True)
     M, V, n_e, M_e, V_e = _fwd_walk(mu, s2, k, n_s, M_s, V_s)
-    tl.atomic_xchg(p_chain + bg * NT + i_t,
+    tl.atomic_xchg(chain_ptr + bg * NT + i_t,
                    (M_e.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (V_e.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF))
-    _normalise_store(p_y, p_M, p_r, b_x, k, M, V, b_a, b_b, base, o_x, m_x, o_t, m_t, i_b, i_g, L, G, eps)
+    _normalise_store(y_ptr, M_ptr, r_ptr, b_x, k, M, V, b_a, b_b, base, o_x, m_x, o_t, m_t, i_b, i_g, L, G, eps)
     if i_t == NT - 1:
-        tl.store(p_Mf + bg, M_e)
-        tl.store(p_Vf + bg, V_e)
+        tl.store(Mf_ptr + bg, M_e)
+        tl.store(Vf_ptr + bg, V_e)
 
 def _tsn_fwd_chain(x, keep, scale, shift, n0, m0, v0, G: int, eps: float, BT: int | None = None):
     "Forward in one pass with blocks chained through their end states: as `_tsn_fwd_loop`."
@@ -256,15 +270,15 @@ def _tsn_fwd_chain(x, keep, scale, shift, n0, m0, v0, G: int, eps: float, BT: in
 
 # %% ../../nbs/11_triton_timestep_norm.ipynb #23f31ff1
 @triton.jit
-def _bwd_terms(p_x, p_dy, p_k, p_n, p_M, p_r, b_a, r0, i_b, i_g, t0, L, D, G, Dg, BT: tl.constexpr, BD: tl.constexpr):
+def _bwd_terms(x_ptr, dy_ptr, k_ptr, n_ptr, M_ptr, r_ptr, b_a, r0, i_b, i_g, t0, L, D, G, Dg, BT: tl.constexpr, BD: tl.constexpr):
     "alpha, beta [BT] of one tile (gradients of the centred cumulative sums), its dw and db parts, and what dx needs."
-    b_x, base, o_x, m_x, o_t, m_t, m_d = _group_tile(p_x, i_b, i_g, t0, L, D, Dg, BT, BD)
-    b_dy, _, _, _, _, _, _ = _group_tile(p_dy, i_b, i_g, t0, L, D, Dg, BT, BD)
-    k = tl.load(p_k + i_b * L + o_t, mask=m_t, other=0.)
-    n = tl.load(p_n + i_b * L + o_t, mask=m_t, other=0.)
+    b_x, base, o_x, m_x, o_t, m_t, m_d = _group_tile(x_ptr, i_b, i_g, t0, L, D, Dg, BT, BD)
+    b_dy, _, _, _, _, _, _ = _group_tile(dy_ptr, i_b, i_g, t0, L, D, Dg, BT, BD)
+    k = tl.load(k_ptr + i_b * L + o_t, mask=m_t, other=0.)
+    n = tl.load(n_ptr + i_b * L + o_t, mask=m_t, other=0.)
     o_s = (i_b.to(tl.int64) * L + o_t) * G + i_g
-    M = tl.load(p_M + o_s, mask=m_t, other=0.)
-    rstd = tl.load(p_r + o_s, mask=m_t, other=0.)
+    M = tl.load(M_ptr + o_s, mask=m_t, other=0.)
+    rstd = tl.load(r_ptr + o_s, mask=m_t, other=0.)
     b_dy = tl.where(k[:, None] > 0, b_dy, 0.)
     b_xh = tl.where(m_x, (b_x - M[:, None]) * rstd[:, None], 0.)
     b_dyxh = b_dy * b_xh
@@ -278,41 +292,44 @@ def _bwd_terms(p_x, p_dy, p_k, p_n, p_M, p_r, b_a, r0, i_b, i_g, t0, L, D, G, Dg
     return alpha, beta, dw, db, b_x, b_dy, rstd, k, base, o_x, m_x, m_d
 
 @triton.jit
-def _bwd_tile(p_x, p_dy, p_k, p_n, p_M, p_r, p_dx, b_a, r0, A_s, B_s, i_b, i_g, t0, L, D, G, Dg,
+def _bwd_tile(x_ptr, dy_ptr, k_ptr, n_ptr, M_ptr, r_ptr, dx_ptr, b_a, r0, A_s, B_s, i_b, i_g, t0, L, D, G, Dg,
               BT: tl.constexpr, BD: tl.constexpr):
     "dx of one tile given what later steps sent (A_s, B_s); returns the tile's sums of alpha, beta and its dw, db parts."
     alpha, beta, dw, db, b_x, b_dy, rstd, k, base, o_x, m_x, m_d = _bwd_terms(
-        p_x, p_dy, p_k, p_n, p_M, p_r, b_a, r0, i_b, i_g, t0, L, D, G, Dg, BT, BD)
+        x_ptr, dy_ptr, k_ptr, n_ptr, M_ptr, r_ptr, b_a, r0, i_b, i_g, t0, L, D, G, Dg, BT, BD)
     A = A_s + tl.cumsum(alpha, 0, reverse=True)
     Bs = B_s + tl.cumsum(beta, 0, reverse=True)
     mu, _ = _group_moments(b_x, m_d, Dg)
     dmu = A + 2 * (mu - r0) * Bs
     b_dx = b_dy * b_a[None, :] * rstd[:, None] + (dmu[:, None] + 2 * Bs[:, None] * (b_x - mu[:, None])) / Dg
     b_dx = tl.where(k[:, None] > 0, b_dx, 0.)
-    tl.store(p_dx + base + o_x, b_dx.to(p_dx.dtype.element_ty), mask=m_x)
+    tl.store(dx_ptr + base + o_x, b_dx.to(dx_ptr.dtype.element_ty), mask=m_x)
     return tl.sum(alpha, 0), tl.sum(beta, 0), dw, db
 
 # %% ../../nbs/11_triton_timestep_norm.ipynb #548d3892
 @triton.jit
-def _tsn_bwd_loop_kernel(p_x, p_dy, p_k, p_n, p_M, p_r, p_a, p_Mf, p_sA, p_sB, p_dx, p_dw, p_db, p_At, p_Bt,
+def _tsn_bwd_loop_kernel(x_ptr, dy_ptr, k_ptr, n_ptr, M_ptr, r_ptr, a_ptr, Mf_ptr, sA_ptr, sB_ptr, dx_ptr, dw_ptr, db_ptr, At_ptr, Bt_ptr,
                          L, D, G, Dg, NT, BT: tl.constexpr, BD: tl.constexpr):
+    """Grid (G, B). One program owns one (b, g) and walks its tiles in reverse, carrying the reverse sums. Reads x,
+    dy [B, L, D], keep and the counts n [B, L], each step's mean and rstd [B, L, G], 1 + weight, Mf and the seeds sA, sB
+    [B, G]; writes dx [B, L, D], dw, db per batch row [B, D] and the totals At, Bt [B, G]."""
     i_g, i_b = tl.program_id(0), tl.program_id(1)
     o_d = tl.arange(0, BD)
     m_d = o_d < Dg
-    b_a = tl.load(p_a + i_g * Dg + o_d, mask=m_d, other=0.)
-    r0 = tl.load(p_Mf + i_b * G + i_g)
-    A = tl.load(p_sA + i_b * G + i_g)
-    Bs = tl.load(p_sB + i_b * G + i_g)
+    b_a = tl.load(a_ptr + i_g * Dg + o_d, mask=m_d, other=0.)
+    r0 = tl.load(Mf_ptr + i_b * G + i_g)
+    A = tl.load(sA_ptr + i_b * G + i_g)
+    Bs = tl.load(sB_ptr + i_b * G + i_g)
     dw = tl.zeros([BD], tl.float32)
     db = tl.zeros([BD], tl.float32)
     for j in range(0, NT):
-        a_t, b_t, dw_t, db_t = _bwd_tile(p_x, p_dy, p_k, p_n, p_M, p_r, p_dx, b_a, r0, A, Bs, i_b, i_g, (NT - 1 - j) * BT,
+        a_t, b_t, dw_t, db_t = _bwd_tile(x_ptr, dy_ptr, k_ptr, n_ptr, M_ptr, r_ptr, dx_ptr, b_a, r0, A, Bs, i_b, i_g, (NT - 1 - j) * BT,
                                          L, D, G, Dg, BT, BD)
         A, Bs, dw, db = A + a_t, Bs + b_t, dw + dw_t, db + db_t
-    tl.store(p_At + i_b * G + i_g, A)
-    tl.store(p_Bt + i_b * G + i_g, Bs)
-    tl.store(p_dw + i_b * D + i_g * Dg + o_d, dw, mask=m_d)
-    tl.store(p_db + i_b * D + i_g * Dg + o_d, db, mask=m_d)
+    tl.store(At_ptr + i_b * G + i_g, A)
+    tl.store(Bt_ptr + i_b * G + i_g, Bs)
+    tl.store(dw_ptr + i_b * D + i_g * Dg + o_d, dw, mask=m_d)
+    tl.store(db_ptr + i_b * D + i_g * Dg + o_d, db, mask=m_d)
 
 def _tsn_bwd_loop(x, dy, keep, n, Mt, rt, scale, Mf, sA, sB, G: int, BT: int | None = None):
     "Backward with one program per (b, g): dx, dw, db [D], and the total sums A_0, B_0 [B, G]."
@@ -325,47 +342,54 @@ def _tsn_bwd_loop(x, dy, keep, n, Mt, rt, scale, Mf, sA, sB, G: int, BT: int | N
 
 # %% ../../nbs/11_triton_timestep_norm.ipynb #cd34a417
 @triton.jit
-def _tsn_bwd_stats_kernel(p_x, p_dy, p_k, p_n, p_M, p_r, p_a, p_Mf, p_sa, p_sb, L, D, G, Dg, NT,
+def _tsn_bwd_stats_kernel(x_ptr, dy_ptr, k_ptr, n_ptr, M_ptr, r_ptr, a_ptr, Mf_ptr, sa_ptr, sb_ptr, L, D, G, Dg, NT,
                           BT: tl.constexpr, BD: tl.constexpr):
+    """Grid (NT, G, B). One program owns one tile of one group. Reads x, dy, keep, n, each step's mean and rstd,
+    1 + weight and Mf; writes the tile's sums of the two reverse terms sa, sb [B, G, NT]."""
     i_t, i_g, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_d = tl.arange(0, BD)
-    b_a = tl.load(p_a + i_g * Dg + o_d, mask=o_d < Dg, other=0.)
-    r0 = tl.load(p_Mf + i_b * G + i_g)
-    alpha, beta, _, _, _, _, _, _, _, _, _, _ = _bwd_terms(p_x, p_dy, p_k, p_n, p_M, p_r, b_a, r0, i_b, i_g, i_t * BT,
+    b_a = tl.load(a_ptr + i_g * Dg + o_d, mask=o_d < Dg, other=0.)
+    r0 = tl.load(Mf_ptr + i_b * G + i_g)
+    alpha, beta, _, _, _, _, _, _, _, _, _, _ = _bwd_terms(x_ptr, dy_ptr, k_ptr, n_ptr, M_ptr, r_ptr, b_a, r0, i_b, i_g, i_t * BT,
                                                         L, D, G, Dg, BT, BD)
     o = (i_b * G + i_g) * NT + i_t
-    tl.store(p_sa + o, tl.sum(alpha, 0))
-    tl.store(p_sb + o, tl.sum(beta, 0))
+    tl.store(sa_ptr + o, tl.sum(alpha, 0))
+    tl.store(sb_ptr + o, tl.sum(beta, 0))
 
 @triton.jit
-def _tsn_bwd_scan_kernel(p_sa, p_sb, p_sA, p_sB, p_As, p_Bs, p_At, p_Bt, G, NT, BN: tl.constexpr):
+def _tsn_bwd_scan_kernel(sa_ptr, sb_ptr, sA_ptr, sB_ptr, As_ptr, Bs_ptr, At_ptr, Bt_ptr, G, NT, BN: tl.constexpr):
+    """Grid (G, B). One program owns the NT tile sums of one (b, g). Reads sa, sb [B, G, NT] and the seeds sA, sB
+    [B, G]; writes what reaches every tile from the later ones As, Bs [B, G, NT] and the totals At, Bt [B, G]."""
     i_g, i_b = tl.program_id(0), tl.program_id(1)
     o = tl.arange(0, BN)
     base = (i_b * G + i_g) * NT
     m_j = o + 1 < NT
-    A = tl.load(p_sA + i_b * G + i_g) + tl.cumsum(tl.load(p_sa + base + o + 1, mask=m_j, other=0.), 0, reverse=True)
-    Bs = tl.load(p_sB + i_b * G + i_g) + tl.cumsum(tl.load(p_sb + base + o + 1, mask=m_j, other=0.), 0, reverse=True)
-    tl.store(p_As + base + o, A, mask=o < NT)
-    tl.store(p_Bs + base + o, Bs, mask=o < NT)
+    A = tl.load(sA_ptr + i_b * G + i_g) + tl.cumsum(tl.load(sa_ptr + base + o + 1, mask=m_j, other=0.), 0, reverse=True)
+    Bs = tl.load(sB_ptr + i_b * G + i_g) + tl.cumsum(tl.load(sb_ptr + base + o + 1, mask=m_j, other=0.), 0, reverse=True)
+    tl.store(As_ptr + base + o, A, mask=o < NT)
+    tl.store(Bs_ptr + base + o, Bs, mask=o < NT)
     # the totals over every block: what block 0 receives plus block 0's own sums
     o_f, first = i_b * G + i_g + o * 0, o == 0
-    tl.store(p_At + o_f, A + tl.load(p_sa + base + o, mask=first, other=0.), mask=first)
-    tl.store(p_Bt + o_f, Bs + tl.load(p_sb + base + o, mask=first, other=0.), mask=first)
+    tl.store(At_ptr + o_f, A + tl.load(sa_ptr + base + o, mask=first, other=0.), mask=first)
+    tl.store(Bt_ptr + o_f, Bs + tl.load(sb_ptr + base + o, mask=first, other=0.), mask=first)
 
 @triton.jit
-def _tsn_bwd_kernel(p_x, p_dy, p_k, p_n, p_M, p_r, p_a, p_Mf, p_As, p_Bs, p_dx, p_dw, p_db, L, D, G, Dg, NT,
+def _tsn_bwd_kernel(x_ptr, dy_ptr, k_ptr, n_ptr, M_ptr, r_ptr, a_ptr, Mf_ptr, As_ptr, Bs_ptr, dx_ptr, dw_ptr, db_ptr, L, D, G, Dg, NT,
                     BT: tl.constexpr, BD: tl.constexpr):
+    """Grid (NT, G, B). One program owns one tile of one group and starts from the reverse sums the scan gave it.
+    Reads x, dy, keep, n, each step's mean and rstd, 1 + weight, Mf, As, Bs; writes dx [B, L, D] and dw, db per batch row
+    and tile [B, NT, D]."""
     i_t, i_g, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_d = tl.arange(0, BD)
     m_d = o_d < Dg
-    b_a = tl.load(p_a + i_g * Dg + o_d, mask=m_d, other=0.)
-    r0 = tl.load(p_Mf + i_b * G + i_g)
+    b_a = tl.load(a_ptr + i_g * Dg + o_d, mask=m_d, other=0.)
+    r0 = tl.load(Mf_ptr + i_b * G + i_g)
     o = (i_b * G + i_g) * NT + i_t
-    _, _, dw, db = _bwd_tile(p_x, p_dy, p_k, p_n, p_M, p_r, p_dx, b_a, r0, tl.load(p_As + o), tl.load(p_Bs + o),
+    _, _, dw, db = _bwd_tile(x_ptr, dy_ptr, k_ptr, n_ptr, M_ptr, r_ptr, dx_ptr, b_a, r0, tl.load(As_ptr + o), tl.load(Bs_ptr + o),
                              i_b, i_g, i_t * BT, L, D, G, Dg, BT, BD)
     o_w = (i_b * NT + i_t).to(tl.int64) * D + i_g * Dg + o_d
-    tl.store(p_dw + o_w, dw, mask=m_d)
-    tl.store(p_db + o_w, db, mask=m_d)
+    tl.store(dw_ptr + o_w, dw, mask=m_d)
+    tl.store(db_ptr + o_w, db, mask=m_d)
 
 def _tsn_bwd_split(x, dy, keep, n, Mt, rt, scale, Mf, sA, sB, G: int, BT: int | None = None):
     "Backward split over time (block sums, reverse scan, per-block dx): as `_tsn_bwd_loop`."
@@ -382,16 +406,22 @@ def _tsn_bwd_split(x, dy, keep, n, Mt, rt, scale, Mf, sA, sB, G: int, BT: int | 
 
 # %% ../../nbs/11_triton_timestep_norm.ipynb #02d45460
 def _tsn_forward(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain):
-    "The forward kernels: the outputs (y, count, mean, var) and what the backward keeps (prepared inputs, per-step mean and rstd, Mf)."
+    "The forward kernels: the outputs (y, count, mean, var), then the per-step mean and rstd and Mf for the backward."
     x, keep, scale, shift, n0, m0, v0 = _prep(x, weight, bias, count, mean, var, padding_mask)
     fwd = _tsn_fwd_chain if chain else _tsn_fwd_split if split else _tsn_fwd_loop
     y, Mt, rt, Mf, Vf, _ = fwd(x, keep, scale, shift, n0, m0, v0, G, eps, BT)
     count_out = count.to(torch.int64) + keep.sum(1).to(torch.int64)
-    return (y, count_out, Mf.to(x.dtype), Vf.to(x.dtype)), (x, keep, scale, n0, m0, Mt, rt, Mf)
+    return y, count_out, Mf.to(x.dtype), Vf.to(x.dtype), Mt, rt, Mf.clone()  # Mf cloned: for float32 x, Mf.to(x.dtype) is Mf (outputs may not alias)
 
-def _tsn_backward(saved, dy, dMf, dVf, G, split, BT):
+def _tsn_fake(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain):
+    (B, L, _), f32 = x.shape, torch.float32
+    return (x.new_empty(x.shape), count.new_empty(B, dtype=torch.int64), x.new_empty(B, G), x.new_empty(B, G),
+            x.new_empty(B, L, G, dtype=f32), x.new_empty(B, L, G, dtype=f32), x.new_empty(B, G, dtype=f32))
+
+# %% ../../nbs/11_triton_timestep_norm.ipynb #38c8fde5
+def _tsn_backward(x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf, dy, dMf, dVf, G, split, BT):
     "The backward kernels and the incoming state's gradients: dx (x's dtype), dw, db [D], dm0, dv0 [B, G] (float32)."
-    x, keep, scale, n0, m0, Mt, rt, Mf = saved
+    x, keep, scale, _, n0, m0, _ = _prep(x, weight, bias, count, mean, var, padding_mask)
     dy = torch.zeros_like(x) if dy is None else dy.contiguous()
     dMf = torch.zeros_like(Mf) if dMf is None else dMf.float()
     dVf = torch.zeros_like(Mf) if dVf is None else dVf.float()
@@ -406,70 +436,25 @@ def _tsn_backward(saved, dy, dMf, dVf, G, split, BT):
     dv0 = n0[:, None] * Bt + torch.where(counted, 0., dVf)
     return dx, dw, db, dm0, dv0
 
-class _TimestepNormTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain):
-        outs, saved = _tsn_forward(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain)
-        ctx.save_for_backward(*saved)
-        ctx.cfg = (G, split, BT, weight.dtype, bias.dtype, mean.dtype, var.dtype)
-        ctx.mark_non_differentiable(outs[1])
-        return outs
+def _tsn_bwd(grads, inputs, kept):
+    (dy, _, dMf, dVf), (x, weight, bias, count, mean, var, G, _, padding_mask, split, BT, _) = grads, inputs
+    return _tsn_backward(x, weight, bias, count, mean, var, padding_mask, *kept, dy, dMf, dVf, G, split, BT)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy, _dcount, dMf, dVf):
-        G, split, BT, wdt, bdt, mdt, vdt = ctx.cfg
-        dx, dw, db, dm0, dv0 = _tsn_backward(ctx.saved_tensors, dy, dMf, dVf, G, split, BT)
-        return dx, dw.to(wdt), db.to(bdt), None, dm0.to(mdt), dv0.to(vdt), None, None, None, None, None, None
+_tsn_kernels = KernelFunction(
+    "tsn", "(Tensor x, Tensor weight, Tensor bias, Tensor count, Tensor mean, Tensor var, int G, float eps, Tensor? padding_mask, "
+    "bool split, int? BT, bool chain) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    _tsn_forward, _tsn_fake, _tsn_bwd, grad_for=("x", "weight", "bias", "mean", "var"), keep=(4, 5, 6), shown=4)
 
-# Inside torch.compile: the same two functions as custom operators (core: `kernel_op`). An operator's backward keeps only
-# its inputs and outputs, so the forward operator also returns the per-step mean and rstd and Mf, and the backward
-# operator prepares the inputs again (dtype casts of small tensors and a [B, L] mask).
-_TSN_ARGS = "Tensor x, Tensor weight, Tensor bias, Tensor count, Tensor mean, Tensor var"
-
-@kernel_op("tsn_fwd", f"({_TSN_ARGS}, int G, float eps, Tensor? padding_mask, bool split, int? BT, bool chain) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
-def _tsn_fwd_op(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain):
-    outs, saved = _tsn_forward(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain)
-    return *outs, saved[5], saved[6], saved[7].clone()  # Mf cloned: for float32 x, outs[2] is Mf itself (outputs may not alias)
-
-@_tsn_fwd_op.register_fake
-def _(x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain):
-    (B, L, _), f32 = x.shape, torch.float32
-    return (x.new_empty(x.shape), count.new_empty(B, dtype=torch.int64), x.new_empty(B, G), x.new_empty(B, G),
-            x.new_empty(B, L, G, dtype=f32), x.new_empty(B, L, G, dtype=f32), x.new_empty(B, G, dtype=f32))
-
-@kernel_op("tsn_bwd", f"(Tensor? dy, Tensor? dMf, Tensor? dVf, {_TSN_ARGS}, Tensor? padding_mask, Tensor Mt, Tensor rt, Tensor Mf, int G, bool split, int? BT) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
-def _tsn_bwd_op(dy, dMf, dVf, x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf, G, split, BT):
-    x, keep, scale, _, n0, m0, _ = _prep(x, weight, bias, count, mean, var, padding_mask)
-    return _tsn_backward((x, keep, scale, n0, m0, Mt, rt, Mf), dy, dMf, dVf, G, split, BT)
-
-@_tsn_bwd_op.register_fake
-def _(dy, dMf, dVf, x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf, G, split, BT):
-    f32 = torch.float32
-    return x.new_empty(x.shape), weight.new_empty(weight.shape, dtype=f32), weight.new_empty(weight.shape, dtype=f32), Mf.new_empty(Mf.shape), Mf.new_empty(Mf.shape)
-
-def _tsn_op_setup(ctx, inputs, output):
-    x, weight, bias, count, mean, var, G, eps, padding_mask, split, BT, chain = inputs
-    ctx.save_for_backward(x, weight, bias, count, mean, var, padding_mask, *output[4:])
-    ctx.cfg = (G, split, BT)
-
-def _tsn_op_backward(ctx, dy, _dcount, dMf, dVf, _dMt, _drt, _dMf):
-    x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf = ctx.saved_tensors
-    dx, dw, db, dm0, dv0 = _tsn_bwd_op(dy, dMf, dVf, x, weight, bias, count, mean, var, padding_mask, Mt, rt, Mf, *ctx.cfg)
-    return dx, dw.to(weight.dtype), db.to(bias.dtype), None, dm0.to(mean.dtype), dv0.to(var.dtype), None, None, None, None, None, None
-
-_tsn_fwd_op.register_autograd(_tsn_op_backward, setup_context=_tsn_op_setup)
-
+# %% ../../nbs/11_triton_timestep_norm.ipynb #d52aa9d7
 def _tsn_triton(x, weight, bias, count, mean, var, num_groups, eps=1e-5, padding_mask=None, split=None, BT=None, chain=False):
     "`timestep_norm_triton` with a choice of kernels (split over time, one program per group, None: split unless one tile; chain: the chained forward) and tile BT."
-    B, L, D, G, _ = _tsn_inputs(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
+    B, L, D, G, _ = check_tsn_inputs(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
     if x.dtype not in (torch.float32, torch.bfloat16): raise TypeError(f"the Triton TimestepNorm takes float32 or bfloat16 x, got {x.dtype}")
     if L == 0: return x.new_zeros(B, 0, D), count.to(torch.int64), mean.to(x.dtype), var.to(x.dtype)
     # a sequence that fits in one tile (decoding: L = 1) needs one launch, not three. Decided by comparing L with the
     # tile, not by rounding L (as _blocks does): under torch.compile with a symbolic L that rounding is a slow trace.
     if split is None: split = L > (BT or _tile_cap(D // G, split=True))
-    if torch.compiler.is_compiling(): return tuple(_tsn_fwd_op(x, weight, bias, count, mean, var, G, float(eps), padding_mask, split, BT, chain)[:4])
-    return _TimestepNormTriton.apply(x, weight, bias, count, mean, var, G, float(eps), padding_mask, split, BT, chain)
+    return _tsn_kernels(x, weight, bias, count, mean, var, G, float(eps), padding_mask, split, BT, chain)
 
 def timestep_norm_triton(x: Tensor, # [B, L, D] float32 or bfloat16
                          weight: Tensor, # [D] scale offset (the scale is 1 + weight)
@@ -483,3 +468,5 @@ def timestep_norm_triton(x: Tensor, # [B, L, D] float32 or bfloat16
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]: # y [B, L, D] (x dtype), count [B] int64, mean, var [B, G] (x dtype)
     "TimestepNorm with Triton kernels split over time; differentiable in x, weight, bias, mean and var."
     return _tsn_triton(x, weight, bias, count, mean, var, num_groups, eps, padding_mask)
+
+register_path("timestep_norm", "triton")(timestep_norm_triton)  # the path `timestep_norm(..., backend="triton")` runs
