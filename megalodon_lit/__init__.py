@@ -17,3 +17,10 @@ def _load_triton_paths() -> None:
 
 
 add_path_loader("triton", _load_triton_paths)
+
+
+def _load_transformer_paths() -> None:
+    from . import vs_transformer  # noqa: F401  (registers how a Transformer checkpoint is read, for train.load_checkpoint)
+
+
+add_path_loader("transformer", _load_transformer_paths)

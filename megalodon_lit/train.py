@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import NonFiniteError, seed_everything
+from .core import NonFiniteError, path_for, seed_everything
 from .data import Corpus, batch_at, bits_per_byte, check_fits, decode, encode, eval_windows, read_corpus, unigram_entropy
 from .model import MegalodonConfig, MegalodonForCausalLM, load_tensors, read_config, save_tensors
 
@@ -165,10 +165,15 @@ def build_model(config) -> torch.nn.Module:
     "The model a configuration describes: `MegalodonForCausalLM` for a `MegalodonConfig`, else the configuration's own `build()` (the Transformer, an ablation)."
     return config.build() if hasattr(config, "build") else MegalodonForCausalLM(config)
 
+def _arch_path(path: Path, what: str) -> Callable:
+    "The `what` function of the checkpoint's architecture: a later notebook (08_vs_transformer) registers its own with `register_path(what, arch)`."
+    arch = checkpoint_arch(path)
+    try: return path_for(what, arch)
+    except NotImplementedError: raise ValueError(f"{path / 'config.json'} names arch {arch!r}, which this package cannot load") from None
+
 def _read_any_config(path: Path):
-    if checkpoint_arch(path) != "transformer": return read_config(path / "config.json")
-    from megalodon_lit.vs_transformer import TransformerConfig  # that notebook builds on this one: imported on use
-    return TransformerConfig.from_dict(json.loads((path / "config.json").read_text()))
+    if checkpoint_arch(path) == "megalodon": return read_config(path / "config.json")
+    return _arch_path(path, "read_config")(path / "config.json")
 
 def load_checkpoint(path: str | Path, # a folder written by `save_checkpoint`
                     model_config: MegalodonConfig | None = None, # the configuration the caller expects (None: the checkpoint's)
@@ -189,9 +194,7 @@ def load_checkpoint(path: str | Path, # a folder written by `save_checkpoint`
         raise ValueError(f"the checkpoint at {path} was made for another model configuration ({'; '.join(diff)}); "
                          "resume with the same settings, or train into a new --out folder")
     if isinstance(saved, MegalodonConfig): model = MegalodonForCausalLM.from_pretrained(path, device=device)
-    else:
-        from megalodon_lit.vs_transformer import LlamaBaseline
-        model = LlamaBaseline.from_pretrained(path, device=device)
+    else: model = _arch_path(path, "from_pretrained")(path, device=device)
     try: record = json.loads((path / "trainer.json").read_text())
     except ValueError as e: raise ValueError(f"{path / 'trainer.json'} is not valid JSON ({e})") from None
     return model, load_tensors(path / "optimizer.safetensors"), record

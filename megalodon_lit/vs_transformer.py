@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import apply_rope
+from .core import register_path
 from .data import Corpus, bits_per_byte, check_fits, eval_windows, read_corpus
 from .model import (PRESETS, MegalodonConfig, MegalodonForCausalLM, MegalodonOutput, causal_lm_loss, load_tensors,
                                  param_count, save_tensors)
@@ -51,7 +52,6 @@ class _LlamaLayer(nn.Module):
         a, b = self.w13(self.ffn_norm(x)).chunk(2, -1)
         return x + self.w2(F.silu(a) * b), (k, v)
 
-
 # %% ../nbs/08_vs_transformer.ipynb #df49f5d6
 def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, # [B, H, L, d] each (RoPE applied)
                              window: int, # each query sees itself and the window − 1 keys before it
@@ -66,7 +66,6 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, # [B, H, L, d] eac
         keep = (j[:, :window + n] <= i[:n]) & (j[:, :window + n] > i[:n] - window) & (j[:, :window + n] + s >= 0)
         out.append(F.scaled_dot_product_attention(q[:, :, s:s + n], kp[:, :, s:s + window + n], vp[:, :, s:s + window + n], attn_mask=keep.to(q.device)))
     return torch.cat(out, 2)
-
 
 # %% ../nbs/08_vs_transformer.ipynb #1b56b0a0
 @dataclass
@@ -89,7 +88,6 @@ class TransformerConfig:
         return cls(**d)
 
     def build(self) -> "LlamaBaseline": return LlamaBaseline.from_config(self)
-
 
 # %% ../nbs/08_vs_transformer.ipynb #9b34ae8c
 class LlamaBaseline(nn.Module):
@@ -131,7 +129,6 @@ class LlamaBaseline(nn.Module):
         loss = None if labels is None else causal_lm_loss(logits, labels)
         return MegalodonOutput(logits, loss, new if (use_cache or cache is not None) else None)
 
-
 # %% ../nbs/08_vs_transformer.ipynb #7445cd9c
 def _save_transformer(self: LlamaBaseline, directory: str | Path) -> Path:
     "Write `config.json` (with `arch: transformer`) and `model.safetensors`."
@@ -153,6 +150,9 @@ def _load_transformer(cls, directory: str | Path, device: str | torch.device = "
 LlamaBaseline.save_pretrained = _save_transformer
 LlamaBaseline.from_pretrained = _load_transformer
 
+# Notebook 07's `load_checkpoint` finds these by the checkpoint's `arch` (it cannot import this later notebook):
+register_path("read_config", "transformer")(lambda f: TransformerConfig.from_dict(json.loads(Path(f).read_text())))
+register_path("from_pretrained", "transformer")(LlamaBaseline.from_pretrained)
 
 # %% ../nbs/08_vs_transformer.ipynb #ea184cc9
 def transformer_params(c: TransformerConfig) -> int:
@@ -171,7 +171,6 @@ def matched_transformer(config: MegalodonConfig, # the Megalodon to match
     got = transformer_params(c)
     if abs(got - target) > tol * target: raise ValueError(f"no SwiGLU width matches {target:,} parameters within {tol:.0%} at width {c.dim}, depth {c.num_layers} (closest {got:,})")
     return c
-
 
 # %% ../nbs/08_vs_transformer.ipynb #763db98f
 SIZES = {  # the two Megalodon sizes of the comparison (the Transformer of each is `matched_transformer`)
@@ -194,7 +193,6 @@ def model_config(arch: str, # "megalodon" or "transformer"
     return AblatedConfig(**fields_, **change) if ablation in ("no_cema", "layernorm") else MegalodonConfig(**{**fields_, **change})
 
 def count_params(config) -> int: return config.build().num_parameters() if hasattr(config, "build") else param_count(config)["total"]
-
 
 # %% ../nbs/08_vs_transformer.ipynb #73fc9f9b
 class _NoCEMA(nn.Module):
@@ -228,7 +226,6 @@ class AblatedConfig(MegalodonConfig):
         model.config = self  # saved with the ablation fields, which `read_config` refuses: an ablated checkpoint never reloads as a full model
         return model
 
-
 # %% ../nbs/08_vs_transformer.ipynb #e2777248
 @dataclass
 class Budget:
@@ -249,7 +246,6 @@ class Budget:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, seq_len=self.seq_len, lr=lr, warmup=min(self.warmup, self.steps - 1),
                            eval_every=self.eval_every, eval_batches=self.eval_batches, save_every=self.steps, seed=seed, autocast="none")
 
-
 # %% ../nbs/08_vs_transformer.ipynb #c6ce976c
 def run_key(size: str, arch: str, lr: float, seed: int, ablation: str | None = None) -> str:
     return f"{size}/{arch if ablation is None else 'megalodon-' + ablation}/lr{lr:g}/seed{seed}"
@@ -265,7 +261,6 @@ def save_row(path: str | Path, # the results file (merged with what it holds, re
     p = Path(path); p.parent.mkdir(parents=True, exist_ok=True)
     res = load_rows(p); res.setdefault(section, {})[key] = row
     tmp = p.with_suffix(".tmp"); tmp.write_text(json.dumps(res, indent=1) + "\n"); tmp.replace(p)
-
 
 # %% ../nbs/08_vs_transformer.ipynb #b6e548bf
 def run_one(size: str, arch: str, lr: float, seed: int, budget: Budget, corpus: Corpus,
@@ -289,7 +284,6 @@ def run_one(size: str, arch: str, lr: float, seed: int, budget: Budget, corpus: 
             "curve": {"tokens": [s * tps for s in h["val_step"]], "seconds": elapsed, "cpu_seconds": [cpu[s - 1] for s in h["val_step"]], "bpb": [bits_per_byte(v) for v in h["val_loss"]]},
             "final_bpb": final, "train_seconds": h["elapsed"][-1], "train_cpu_seconds": cpu[-1], "config": config.to_dict(), "budget": asdict(budget),
             "unigram_bits": res.unigram_bits, "torch": torch.__version__, "threads": torch.get_num_threads()}
-
 
 # %% ../nbs/08_vs_transformer.ipynb #f2440cd2
 @torch.no_grad()
@@ -315,7 +309,6 @@ def bucket_means(losses: Tensor, # [L] per-position losses
     "Mean loss of positions [edges[i], edges[i+1])."
     return [float(losses[a:b].mean()) for a, b in zip(edges[:-1], edges[1:]) if b <= losses.numel()]
 
-
 # %% ../nbs/08_vs_transformer.ipynb #05e675df
 def long_context_eval(model: nn.Module, corpus: Corpus,
                       train_len: int = 512, # the training context
@@ -338,7 +331,6 @@ def long_context_eval(model: nn.Module, corpus: Corpus,
             "curve_bpb": [float(v) for v in losses.view(-1, 256).mean(1)], "curve_stride": 256, "seconds": time.perf_counter() - t0,
             "window": window, "n_seqs": n_seqs}
 
-
 # %% ../nbs/08_vs_transformer.ipynb #d518d4fb
 RESULTS = Path("experiments/vs_transformer/results.json") # where the grid keeps its rows (relative to the repository root)
 SMALL_LRS = (1e-3, 3e-3, 1e-2) # the learning-rate sweep at the small size, the same for both architectures
@@ -360,7 +352,6 @@ def best_lr(rows: dict, size: str, arch: str, seed: int = 0) -> float | None:
     "The learning rate with the lowest final held-out bits/byte among the finished runs of (size, arch, seed)."
     cand = [r for r in rows.values() if r["size"] == size and r["arch"] == arch and r["ablation"] is None and r["seed"] == seed]
     return min(cand, key=lambda r: r["final_bpb"])["lr"] if cand else None
-
 
 # %% ../nbs/08_vs_transformer.ipynb #00a3ff47
 def run_grid(phases: tuple[int, ...] = (1, 2, 3, 4, 5), # 1 small sweep + 2nd seed, 2 long context, 3 large, 4 ablations, 5 the extra lr and seeds of 2-4
@@ -410,4 +401,3 @@ def run_grid(phases: tuple[int, ...] = (1, 2, 3, 4, 5), # 1 small sweep + 2nd se
         for ab in ABLATIONS: run("small", "megalodon", best("small", "megalodon"), 1, ab)
         long_context(1)
     return load_rows(results)
-
