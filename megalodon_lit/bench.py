@@ -263,6 +263,8 @@ def profile_step(model: nn.Module, # the model (moved to `device`)
 BENCH_SIZES = {
     # preset, layer override, training contexts, batch, decode contexts
     "cpu": dict(models={"tiny": ("tiny", None)}, train_ctx=[256, 1024], batch_size=2, decode_ctx=[256, 1024, 4096]),
+    # the side-by-side shape of the decode and short-context work: D 256, 4 layers, 2 heads, z 128, v 512, FFN 512, N 16, chunk 256
+    "cpu-small": dict(models={"small (4 layers)": ("small", 4)}, train_ctx=[1024, 4096], batch_size=2, decode_ctx=[1024, 16384]),
     "gpu": dict(models={"200M": ("mega200M", None), "1B-width (8 layers)": ("mega1.3B", 8)},
                 train_ctx=[4096, 16384, 32768], batch_size=1, decode_ctx=[4096, 16384, 32768, 65536, 131072]),
 }

@@ -306,7 +306,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "benchmarks of nbs/20_benchmarks (Megalodon with PyTorch paths and with kernels, and a same-size Transformer).")
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     b.add_argument("--what", default="paths", help="comma-separated parts: paths, train, decode, profile (default: paths)")
-    b.add_argument("--size", default=None, choices=["cpu", "gpu"], help="size set for train/decode/profile (default: gpu on CUDA, else cpu)")
+    b.add_argument("--size", default=None, choices=["cpu", "cpu-small", "gpu"], help="size set for train/decode/profile (default: gpu on CUDA, else cpu)")
     b.add_argument("--out", default=None, help="write the train/decode/profile results as JSON under OUT/<device>/end_to_end.json "
                                                "(after every row, merged with the rows the file already holds)")
     b.add_argument("--budget", type=float, default=None, help="seconds: start no new train/decode/profile measurement after this; "

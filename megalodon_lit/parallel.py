@@ -209,7 +209,7 @@ def chunk_parallel_loss(model: MegalodonForCausalLM, # the same weights on every
 def _all_reduce(t: Tensor, group, what: str) -> None:
     try: dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     except Exception as e:
-        raise ChunkParallelError(f"rank {dist.get_rank()}: {what} over the chunk group failed ({type(e).__name__}). "
+        raise ChunkParallelError(f"rank {dist.get_rank()}: {what} over the chunk group failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
                                  "Another rank has probably failed or timed out; see its own error.") from e
 
 @torch.no_grad()

@@ -199,7 +199,8 @@ def test_a_frozen_peer_ends_the_job_within_the_timeout(tmp_path):
         for f in logs: f.close()
     log = (tmp_path / "rank0.log").read_text()
     assert procs[0].returncode not in (None, 0) and waited < 15, (waited, log[-2000:])
-    assert re.search(r"ChunkParallelError: rank 0: .* rank 1 failed .*Timed out", log), log[-2000:]
+    # rank 0 may be waiting in a hand-off from rank 1 or in an all-reduce of the chunk group when rank 1 stops
+    assert re.search(r"ChunkParallelError: rank 0: .* (rank 1|the chunk group) failed \(RuntimeError: .*Timed out", log), log[-2000:]
 
 
 def test_torchrun_trains_a_few_steps(tmp_path):

@@ -295,6 +295,16 @@ def test_cli_bench_end_to_end_parts(tmp_path):
     assert r.returncode != 0 and "unknown part" in r.stderr + r.stdout
 
 
+def test_cli_bench_sizes_are_the_bench_sets():
+    "`--size` offers exactly the size sets `run_benchmarks` knows (cpu-small: the 4-layer shape of the decode and training comparison)."
+    from megalodon_lit.bench import BENCH_SIZES
+    from megalodon_lit.cli import _parser
+    bench = next(a for a in _parser()._subparsers._group_actions[0].choices["bench"]._actions if a.dest == "size")
+    assert sorted(bench.choices) == sorted(BENCH_SIZES)
+    c = MegalodonConfig.from_preset(BENCH_SIZES["cpu-small"]["models"]["small (4 layers)"][0], num_layers=4)
+    assert (c.model_dim, c.num_layers, c.num_heads, c.z_dim, c.value_dim, c.ffn_hidden_dim, c.cema_ndim, c.chunk_size) == (256, 4, 2, 128, 512, 512, 16, 256)
+
+
 def test_cli_train_chunk_parallel_under_torchrun(tmp_path, text_corpus):
     "`megalodon-lit train --chunk-parallel 2` launched by torchrun: two gloo processes share each sequence, checkpoint and resume exactly."
     corpus = text_corpus / "decoder.py"
