@@ -4,7 +4,7 @@ pytest imports this file before any test module, so the setup below holds for ev
 selected or spread over workers. Fixtures reach tests by name; the plain helpers and constants are imported with
 `from conftest import ...` (tests/ is on `sys.path`, as for `_subproc`; a test file run as a script, such as
 test_parallel.py's ranks, imports them the same way)."""
-import json, os, socket
+import atexit, json, os, shutil, socket, tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository
 # Without a GPU the Triton kernels run in Triton's CPU interpreter; the variable must be set before triton is first
 # imported, which a test module may do at collection.
 if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")
+# torch.compile's on-disk caches (FX graph, AOTAutograd) key a compiled graph by the operators it calls, not by the
+# Python behind them: a cache left by an earlier checkout, whose kernel operators took other arguments under the same
+# names, hands back a backward that calls them wrongly. Each run therefore compiles into its own folder, removed at exit
+# (tools/test.sh sets one for the whole suite; a worker started without it makes its own).
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _cache = tempfile.mkdtemp(prefix="megalodon-lit-inductor-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 # One thread: the machines the suite runs on are shared, and results must not depend on the thread count.
 torch.set_num_threads(1)
 

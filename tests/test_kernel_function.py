@@ -68,3 +68,13 @@ def test_second_derivative_refuses():
     (gx,) = torch.autograd.grad(TOY(x, a, b, 1.5)[0].sum(), [x], create_graph=True)
     with pytest.raises(RuntimeError):
         gx.sum().backward()
+
+
+def test_one_output_or_one_gradient_is_refused():
+    "torch reads a one-element result list as a bare tensor: the helper says so at construction, not deep inside a compile."
+    one = lambda x, y: (x * y,)
+    with pytest.raises(ValueError, match="two or more outputs"):
+        KernelFunction("test_one_out", "(Tensor x, Tensor y) -> (Tensor)", one, one)
+    two = lambda x, y: (x * y, x + y)
+    with pytest.raises(ValueError, match="two or more inputs in grad_for"):
+        KernelFunction("test_one_grad", "(Tensor x, Tensor y) -> (Tensor, Tensor)", two, two, lambda g, i, k: g[:1], grad_for=("x",))

@@ -5,6 +5,9 @@ cd "$(dirname "$0")/.."
 source .venv/bin/activate
 # Triton kernels run through the interpreter on CPU; it must be set before kernels are defined.
 export TRITON_INTERPRET=1 MPLBACKEND=Agg PYTHONHASHSEED=0
+# torch.compile's caches in a folder of this run only (a cache from another checkout can hold stale kernel calls)
+export TORCHINDUCTOR_CACHE_DIR="$(mktemp -d -t megalodon-lit-inductor-XXXXXX)"
+trap 'rm -rf "$TORCHINDUCTOR_CACHE_DIR"' EXIT
 start=$SECONDS
 step() { echo; echo "=== $1 ($((SECONDS - start)) s elapsed)"; }
 
