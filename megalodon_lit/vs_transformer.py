@@ -394,9 +394,11 @@ def run_grid(phases: tuple[int, ...] = (1, 2, 3, 4, 5), # 1 small sweep + 2nd se
         for arch in ("megalodon", "transformer"): run("large", arch, best("small", arch), 0)
     if 4 in phases:
         for ab in ABLATIONS: run("small", "megalodon", best("small", "megalodon"), 0, ab)
-    if 5 in phases:  # what makes phases 3 and 4 firmer, when time allows: a second learning rate and seed at the large size, a second seed of the ablations
+    if 5 in phases:  # what makes phases 3 and 4 firmer, when time allows: a learning-rate sweep and a second seed at the large size, a second seed of the ablations
         for arch in ("megalodon", "transformer"):
-            run("large", arch, best("small", arch) / 3, 0)  # larger models usually want a smaller step: a third of the best small one
+            lr = best("small", arch)  # its neighbours in the small sweep (a step of ×3 past an end): the large best is then known to lie inside
+            run("large", arch, max((l for l in lrs if l < lr), default=lr / 3), 0)
+            run("large", arch, min((l for l in lrs if l > lr), default=lr * 3), 0)
             run("large", arch, best("large", arch), 1)
         for ab in ABLATIONS: run("small", "megalodon", best("small", "megalodon"), 1, ab)
         long_context(1)

@@ -14,7 +14,7 @@ from megalodon_lit.vs_transformer import RESULTS, run_grid
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--phases", default="1,2,3,4,5", help="1 small sweep, 2 long context, 3 large size, 4 ablations, 5 their second lr and seeds (default: all, in that order)")
+    ap.add_argument("--phases", default="1,2,3,4,5", help="1 small sweep, 2 long context, 3 large size, 4 ablations, 5 the large size's lr neighbours and the second seeds (default: all, in that order)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
