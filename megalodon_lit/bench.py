@@ -15,6 +15,7 @@ import os
 import math
 import platform
 import re
+import statistics
 import time
 from pathlib import Path
 from typing import Callable
@@ -30,8 +31,8 @@ from .vs_transformer import LlamaBaseline  # defined in notebook 08_vs_transform
 
 # %% auto #0
 __all__ = ['BENCH_SIZES', 'device_record', 'device_slug', 'time_call', 'peak_memory', 'matmul_rate', 'copy_bandwidth',
-           'visible_keys', 'train_flops_per_token', 'bench_train', 'count_ops', 'bench_decode', 'profile_step',
-           'run_benchmarks', 'load_results', 'save_results']
+           'visible_keys', 'train_flops_per_token', 'train_side_by_side', 'bench_train', 'count_ops',
+           'decode_side_by_side', 'bench_decode', 'profile_step', 'run_benchmarks', 'load_results', 'save_results']
 
 # %% ../nbs/20_benchmarks.ipynb #e5255269
 def device_record(device: str | torch.device = "cpu") -> dict:
@@ -72,13 +73,16 @@ def peak_memory(fn: Callable[[], object], # the work
 def matmul_rate(device: str | torch.device = "cpu", # where to measure
                 dtype: torch.dtype | None = None, # None: bfloat16 on CUDA, float32 on a CPU
                 n: int | None = None, # square size (None: 8192 on CUDA, 512 on a CPU)
-               ) -> float: # FLOP/s of one n×n×n matmul (2n³ FLOPs)
-    "The measured matmul rate: the denominator of model FLOPs utilisation here."
+               ) -> float: # FLOP/s of one n×n×n matmul (2n³ FLOPs), its fastest of several calls
+    "The measured matmul rate: the denominator of model FLOPs utilisation here (the fastest call: a peak, not a typical, rate)."
     dev = torch.device(device)
     dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     n = n or (8192 if dev.type == "cuda" else 512)
     a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
-    return 2 * n ** 3 / time_call(lambda: a @ b, dev)
+    if dev.type == "cuda": return 2 * n ** 3 / time_call(lambda: a @ b, dev)
+    a @ b  # warm-up
+    best = min(time_call(lambda: a @ b, dev, repeats=1) for _ in range(7))  # a median of 3 on a shared CPU fell to half the peak: MFU above 100%
+    return 2 * n ** 3 / best
 
 def copy_bandwidth(device: str | torch.device = "cpu", # where to measure
                    nbytes: int | None = None, # bytes per buffer (None: 1 GiB on CUDA, 64 MiB on a CPU)
@@ -120,6 +124,48 @@ def _train_step(model: nn.Module, ids: Tensor, opt: torch.optim.Optimizer, autoc
         loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
     return step
 
+def train_side_by_side(models: dict[str, nn.Module], # name -> `MegalodonForCausalLM` or `LlamaBaseline` (moved to `device`)
+                       seq_len: int, # L
+                       batch_size: int = 1, # sequences per step
+                       device: str | torch.device = "cpu", # where to run
+                       peak_flops: float | None = None, # the MFU denominator (None: no MFU)
+                       compile: bool = False, # forward and backward through `torch.compile`
+                       rounds: int = 5, # timed steps per model on a CPU
+                      ) -> dict[str, dict]: # name -> step_s, tokens_per_s, mfu, peak_bytes (or error="OOM"); first_step_s when compiled
+    """Time a training step (forward, loss, backward, AdamW) of several models: tokens/s, MFU and peak memory. On a CPU
+    the steps are timed in rounds, one step of every model in turn, median over `rounds` (after a warm-up step each), so a
+    shared machine that speeds up or slows down moves every model alike; on CUDA each model is timed in turn (`do_bench`)."""
+    dev = torch.device(device)
+    if compile: torch._dynamo.reset()  # a fresh compile per call: no cache or recompile limit carried from the call before
+    out, steps = {}, {}
+    for name, model in models.items():
+        model = model.to(dev).train()
+        ids = torch.randint(0, model.config.vocab_size if hasattr(model, "config") else model.vocab_size, (batch_size, seq_len), device=dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        step = _train_step(torch.compile(model) if compile else model, ids, opt, autocast=dev.type == "cuda" and torch.cuda.is_bf16_supported())
+        res = out[name] = dict(seq_len=seq_len, batch_size=batch_size)
+        try:
+            t0 = time.perf_counter(); step()  # the warm-up step (with compile: the compiling one)
+            if dev.type == "cuda": torch.cuda.synchronize(dev)
+            if compile: res["first_step_s"] = time.perf_counter() - t0
+            if dev.type == "cuda": res["step_s"] = time_call(step, dev)
+            res["peak_bytes"] = peak_memory(step, dev)
+            steps[name] = step
+        except torch.OutOfMemoryError:
+            res.update(error="OOM")
+        if dev.type == "cuda": del opt; torch.cuda.empty_cache()
+    if dev.type != "cuda":
+        times = {name: [] for name in steps}
+        for _ in range(rounds):
+            for name, step in steps.items():
+                t0 = time.perf_counter(); step(); times[name].append(time.perf_counter() - t0)
+        for name, t in times.items(): out[name]["step_s"] = statistics.median(t)
+    for name, res in out.items():
+        if "step_s" not in res: continue
+        res["tokens_per_s"] = batch_size * seq_len / res["step_s"]
+        if peak_flops: res["mfu"] = train_flops_per_token(models[name], seq_len) * res["tokens_per_s"] / peak_flops
+    return out
+
 def bench_train(model: nn.Module, # `MegalodonForCausalLM` or `LlamaBaseline` (moved to `device`)
                 seq_len: int, # L
                 batch_size: int = 1, # sequences per step
@@ -127,29 +173,9 @@ def bench_train(model: nn.Module, # `MegalodonForCausalLM` or `LlamaBaseline` (m
                 peak_flops: float | None = None, # the MFU denominator (None: no MFU)
                 compile: bool = False, # forward and backward through `torch.compile`
                ) -> dict: # step_s, tokens_per_s, mfu, peak_bytes (or error="OOM"); first_step_s when compiled
-    "Time one training step (forward, loss, backward, AdamW): tokens/s, MFU and peak memory."
-    dev = torch.device(device)
-    model = model.to(dev).train()
-    ids = torch.randint(0, model.config.vocab_size if hasattr(model, "config") else model.vocab_size, (batch_size, seq_len), device=dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    if compile: torch._dynamo.reset()  # a fresh compile per row: no cache or recompile limit carried from the row before
-    step = _train_step(torch.compile(model) if compile else model, ids, opt, autocast=dev.type == "cuda" and torch.cuda.is_bf16_supported())
-    res = dict(seq_len=seq_len, batch_size=batch_size)
-    try:
-        if compile:
-            t0 = time.perf_counter(); step()
-            if dev.type == "cuda": torch.cuda.synchronize(dev)
-            res["first_step_s"] = time.perf_counter() - t0
-        t = time_call(step, dev)
-        res.update(step_s=t, tokens_per_s=batch_size * seq_len / t, peak_bytes=peak_memory(step, dev))
-    except torch.OutOfMemoryError:
-        res.update(error="OOM")
-    finally:
-        del opt
-        if dev.type == "cuda": torch.cuda.empty_cache()
-    if "step_s" in res and peak_flops:
-        res["mfu"] = train_flops_per_token(model, seq_len) * res["tokens_per_s"] / peak_flops
-    return res
+    "Time one training step (forward, loss, backward, AdamW) of one model: tokens/s, MFU and peak memory (`train_side_by_side` of one model)."
+    return train_side_by_side({"model": model}, seq_len, batch_size, device, peak_flops, compile)["model"]
+
 
 # %% ../nbs/20_benchmarks.ipynb #32aaf37c
 def _cache_bytes(cache) -> int:
@@ -162,41 +188,77 @@ def count_ops(fn: Callable[[], object]) -> int: # profiler events (every aten op
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof: fn()
     return len(prof.events())
 
+def _decode_setup(model: nn.Module, contexts: list[int], dev: torch.device, dtype: torch.dtype | None, compile: bool,
+                 ) -> tuple[list[dict], list[tuple[dict, Callable[[], None]]]]:
+    "Prefill `model` at each context: its rows (prefill tokens/s, ops per step, cache bytes; decode_s on CUDA) and, on a CPU, (row, step) pairs still to time."
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    model = model.to(dev, dtype).eval()
+    V = model.config.vocab_size if hasattr(model, "config") else model.vocab_size
+    if compile: model = torch.compile(model)
+    rows, pending = [], []
+    for n in contexts:
+        ids = torch.randint(0, V, (1, n), device=dev)
+        row = dict(context=n)
+        try:
+            prefill = lambda: model(ids, use_cache=True)
+            t_pre = time_call(prefill, dev, repeats=1)
+            tok = ids[:, -1:]
+            # every timed step continues from the cache the step before returned, as generation does (stepping again
+            # from one old cache would time a copy of its window: the decode step of notebook 09 writes the newest in place)
+            first = prefill().cache
+            nbytes = _cache_bytes(first)  # the cache after the n prompt tokens
+            state = [model(tok, cache=first).cache]  # the first step: builds the decode ring (or compiles)
+            def step(state=state, tok=tok): state[0] = model(tok, cache=state[0]).cache  # bound now: timed later
+            row.update(prefill_tokens_per_s=n / t_pre, decode_ops=count_ops(step), cache_bytes=nbytes, peak_bytes=peak_memory(prefill, dev))
+            if dev.type == "cuda": row["decode_s"] = time_call(step, dev)  # do_bench: many calls, one context at a time (memory)
+            else: pending.append((row, step))
+            del first
+        except torch.OutOfMemoryError:
+            row.update(error="OOM")
+        if dev.type == "cuda": torch.cuda.empty_cache()
+        rows.append(row)
+    return rows, pending
+
+def _time_rounds(pending: list[tuple[dict, Callable[[], None]]], k: int = 16, rounds: int = 5) -> None:
+    "Set each row's decode_s: the median over `rounds` rounds (after one warm-up round) of a block of k steps, every step in turn within a round."
+    times = [[] for _ in pending]
+    for _ in range(rounds + 1):
+        for t, (_, step) in zip(times, pending):
+            t0 = time.perf_counter()
+            for _ in range(k): step()
+            t.append((time.perf_counter() - t0) / k)
+    for t, (row, _) in zip(times, pending): row["decode_s"] = statistics.median(t[1:])
+
+def decode_side_by_side(models: dict[str, nn.Module], # name -> `MegalodonForCausalLM` or `LlamaBaseline`
+                        contexts: list[int], # prompt lengths to measure at
+                        device: str | torch.device = "cpu", # where to run
+                        dtype: torch.dtype | None = None, # None: bfloat16 on CUDA, float32 on a CPU
+                        compile: bool = False, # prefill and decode through `torch.compile` (first calls compile, untimed)
+                       ) -> dict[str, list[dict]]: # name -> one row per context, as `bench_decode` returns
+    """Prefill throughput and per-token decode time of several models against the context length. Every model is
+    prefilled at every context first; on a CPU the decode steps are then timed in rounds over all (model, context) pairs
+    in turn, 16 steps each, median of 5 rounds, so a shared machine that speeds up or slows down during the run moves
+    every pair alike (measured one after another, one model's rows drifted by ±30% between runs). On CUDA each context is
+    timed as it is prefilled (`do_bench`), one at a time for memory."""
+    dev = torch.device(device)
+    if compile: torch._dynamo.reset()
+    out, pending = {}, []
+    with torch.no_grad():
+        for name, model in models.items():
+            out[name], p = _decode_setup(model, contexts, dev, dtype, compile)
+            pending += p
+        _time_rounds(pending)
+    return out
+
 def bench_decode(model: nn.Module, # `MegalodonForCausalLM` or `LlamaBaseline`
                  contexts: list[int], # prompt lengths to measure at
                  device: str | torch.device = "cpu", # where to run
                  dtype: torch.dtype | None = None, # None: bfloat16 on CUDA, float32 on a CPU
                  compile: bool = False, # prefill and decode through `torch.compile` (a first call per context compiles, untimed)
                 ) -> list[dict]: # one row per context: prefill tokens/s, decode s/token and operations per token, cache bytes, peak memory
-    "Prefill throughput and per-token decode time against the context length."
-    dev = torch.device(device)
-    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    model = model.to(dev, dtype).eval()
-    V = model.config.vocab_size if hasattr(model, "config") else model.vocab_size
-    if compile: torch._dynamo.reset(); model = torch.compile(model)
-    rows = []
-    with torch.no_grad():
-        for n in contexts:
-            ids = torch.randint(0, V, (1, n), device=dev)
-            row = dict(context=n)
-            try:
-                prefill = lambda: model(ids, use_cache=True)
-                t_pre = time_call(prefill, dev, repeats=1)
-                tok = ids[:, -1:]
-                # every timed step continues from the cache the step before returned, as generation does (stepping again
-                # from one old cache would time a copy of its window: the decode step of notebook 09 writes the newest in place)
-                first = prefill().cache
-                nbytes = _cache_bytes(first)  # the cache after the n prompt tokens
-                state = [model(tok, cache=first).cache]  # the first step: builds the decode ring (or compiles)
-                def step(): state[0] = model(tok, cache=state[0]).cache
-                row.update(prefill_tokens_per_s=n / t_pre, decode_s=time_call(step, dev, repeats=5), decode_ops=count_ops(step),
-                           cache_bytes=nbytes, peak_bytes=peak_memory(prefill, dev))
-                del state, first
-            except torch.OutOfMemoryError:
-                row.update(error="OOM")
-            if dev.type == "cuda": torch.cuda.empty_cache()
-            rows.append(row)
-    return rows
+    "Prefill throughput and per-token decode time of one model against the context length (`decode_side_by_side` of one model)."
+    return decode_side_by_side({"model": model}, contexts, device, dtype, compile)["model"]
+
 
 # %% ../nbs/20_benchmarks.ipynb #7cb84a1a
 _MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear", "aten::_scaled_dot_product_flash_attention"}
@@ -327,17 +389,26 @@ def run_benchmarks(parts: tuple[str, ...] = ("train", "decode", "profile"), # wh
     tag = "+compile" if compile else ""
     for name, (preset, layers) in S["models"].items():
         for L in S["train_ctx"] if "train" in parts else []:
-            for b in backends:
-                row("train", f"{name} megalodon/{b}{tag}", dict(model=name, impl=f"megalodon/{b}{tag}"), [dict(seq_len=L)],
-                    lambda: [bench_train(_megalodon(preset, layers, b), L, S["batch_size"], dev, out["matmul_flops"], compile)])
-            row("train", f"{name} transformer{tag}", dict(model=name, impl=f"transformer{tag}"), [dict(seq_len=L)],
-                lambda: [bench_train(LlamaBaseline.matching(_config(preset, layers)), L, S["batch_size"], dev, out["matmul_flops"], compile)])
+            makers = [(f"megalodon/{b}{tag}", functools.partial(_megalodon, preset, layers, b)) for b in backends]
+            makers.append((f"transformer{tag}", lambda: LlamaBaseline.matching(_config(preset, layers))))
+            # on a CPU the models of one length are timed together, a step of each in turn; on a GPU one after another
+            both = functools.cache(lambda L=L, makers=makers: train_side_by_side({impl: make() for impl, make in makers}, L, S["batch_size"], dev, out["matmul_flops"], compile))
+            for impl, make in makers:
+                measure = (lambda impl=impl, both=both: [both()[impl]]) if dev.type == "cpu" else \
+                          (lambda make=make, L=L: [bench_train(make(), L, S["batch_size"], dev, out["matmul_flops"], compile)])
+                row("train", f"{name} {impl}", dict(model=name, impl=impl), [dict(seq_len=L)], measure)
         if "decode" in parts:
-            for impl, make in ((f"megalodon/{backends[-1]}", lambda: _megalodon(preset, layers, backends[-1])),
-                               ("transformer", lambda: LlamaBaseline.matching(_config(preset, layers)))):
-                model = functools.cache(make)  # one model per implementation, built on first use, measured one context per row
-                for c in S["decode_ctx"]:
-                    row("decode", f"{name} {impl}{tag}", dict(model=name, impl=impl + tag), [dict(context=c)], lambda: bench_decode(model(), [c], dev, compile=compile))
+            impls = ((f"megalodon/{backends[-1]}", lambda: _megalodon(preset, layers, backends[-1])),
+                     ("transformer", lambda: LlamaBaseline.matching(_config(preset, layers))))
+            if dev.type == "cpu":  # both models and all contexts measured together, in alternating rounds; stored as one row per model and context
+                both = functools.cache(lambda: decode_side_by_side({impl: make() for impl, make in impls}, S["decode_ctx"], dev, compile=compile))
+                for impl, _ in impls:
+                    row("decode", f"{name} {impl}{tag}", dict(model=name, impl=impl + tag), [dict(context=c) for c in S["decode_ctx"]], lambda impl=impl: both()[impl])
+            else:
+                for impl, make in impls:
+                    model = functools.cache(make)  # one model per implementation, built on first use, measured one context per row
+                    for c in S["decode_ctx"]:
+                        row("decode", f"{name} {impl}{tag}", dict(model=name, impl=impl + tag), [dict(context=c)], lambda: bench_decode(model(), [c], dev, compile=compile))
         if "profile" in parts:
             for b in backends:
                 row("profile", f"{name} megalodon/{b} L={S['train_ctx'][0]}", dict(impl=f"{name} megalodon/{b}"), [{}],
