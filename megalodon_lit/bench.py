@@ -80,7 +80,6 @@ def matmul_rate(device: str | torch.device = "cpu", # where to measure
     n = n or (8192 if dev.type == "cuda" else 512)
     a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
     if dev.type == "cuda": return 2 * n ** 3 / time_call(lambda: a @ b, dev)
-    a @ b  # warm-up
     best = min(time_call(lambda: a @ b, dev, repeats=1) for _ in range(7))  # a median of 3 on a shared CPU fell to half the peak: MFU above 100%
     return 2 * n ** 3 / best
 
@@ -150,10 +149,10 @@ def train_side_by_side(models: dict[str, nn.Module], # name -> `MegalodonForCaus
             if compile: res["first_step_s"] = time.perf_counter() - t0
             if dev.type == "cuda": res["step_s"] = time_call(step, dev)
             res["peak_bytes"] = peak_memory(step, dev)
-            steps[name] = step
+            if dev.type != "cuda": steps[name] = step  # timed in the rounds below
         except torch.OutOfMemoryError:
             res.update(error="OOM")
-        if dev.type == "cuda": del opt; torch.cuda.empty_cache()
+        if dev.type == "cuda": del step, opt; torch.cuda.empty_cache()  # one model's optimiser state at a time
     if dev.type != "cuda":
         times = {name: [] for name in steps}
         for _ in range(rounds):

@@ -254,6 +254,7 @@ def _add_model_args(p):
     p.add_argument("--attention-chunks", type=int, default=None, help="W: chunks each query attends to (default: the preset's, 1)")
 
 def _parser() -> argparse.ArgumentParser:
+    from megalodon_lit.bench import BENCH_SIZES  # the size sets `bench --size` offers (imported on use, as the commands do)
     ap = argparse.ArgumentParser(prog="megalodon-lit", description="Megalodon, literate: train, sample, verify and benchmark byte-level Megalodon models.")
     ap.add_argument("--version", action="version", version=f"megalodon-lit {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -306,7 +307,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "benchmarks of nbs/20_benchmarks (Megalodon with PyTorch paths and with kernels, and a same-size Transformer).")
     b.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     b.add_argument("--what", default="paths", help="comma-separated parts: paths, train, decode, profile (default: paths)")
-    b.add_argument("--size", default=None, choices=["cpu", "cpu-small", "gpu"], help="size set for train/decode/profile (default: gpu on CUDA, else cpu)")
+    b.add_argument("--size", default=None, choices=sorted(BENCH_SIZES), help="size set for train/decode/profile (default: gpu on CUDA, else cpu)")
     b.add_argument("--out", default=None, help="write the train/decode/profile results as JSON under OUT/<device>/end_to_end.json "
                                                "(after every row, merged with the rows the file already holds)")
     b.add_argument("--budget", type=float, default=None, help="seconds: start no new train/decode/profile measurement after this; "

@@ -209,11 +209,12 @@ class KernelFunction:
                  shown: int | None = None, # how many leading outputs the caller gets (None: all)
                 ):
         self.fwd, self.bwd, self.keep, self.args = fwd, bwd, tuple(keep), _schema_args(schema)
+        n_out = schema.split("->")[1].count("Tensor")
         # torch reads a one-element result list "(Tensor)" as a bare tensor, not a tuple: the packaging assumes tuples
-        if schema.split("->")[1].count("Tensor") < 2 or (bwd is not None and len(grad_for) < 2):
+        if n_out < 2 or (bwd is not None and len(grad_for) < 2):
             raise ValueError(f"{name}: KernelFunction needs two or more outputs and, with a backward, two or more inputs in grad_for "
                              "(return an extra output, or use torch.library.custom_op directly)")
-        self.shown = schema.split("->")[1].count("Tensor") if shown is None else shown
+        self.shown = n_out if shown is None else shown
         self.grad_idx = [[n for _, n in self.args].index(n) for n in grad_for]
         self.op = kernel_op(name + "_fwd" if bwd else name, schema)(fwd)
         self.op.register_fake(fake)

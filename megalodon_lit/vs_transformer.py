@@ -137,13 +137,16 @@ def _save_transformer(self: LlamaBaseline, directory: str | Path) -> Path:
     (d / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
     return d
 
+def _read_transformer_config(path: str | Path) -> TransformerConfig:
+    return TransformerConfig.from_dict(json.loads(Path(path).read_text()))
+
 @classmethod
 def _load_transformer(cls, directory: str | Path, device: str | torch.device = "cpu") -> LlamaBaseline:
     "Rebuild a Transformer saved with `save_pretrained`."
     d = Path(directory)
     for f in ("config.json", "model.safetensors"):
         if not (d / f).is_file(): raise FileNotFoundError(f"{d / f} not found: a checkpoint directory holds config.json and model.safetensors")
-    model = cls.from_config(TransformerConfig.from_dict(json.loads((d / "config.json").read_text())))
+    model = cls.from_config(_read_transformer_config(d / "config.json"))
     model.load_state_dict(load_tensors(d / "model.safetensors"))
     return model.to(device)
 
@@ -151,7 +154,7 @@ LlamaBaseline.save_pretrained = _save_transformer
 LlamaBaseline.from_pretrained = _load_transformer
 
 # Notebook 07's `load_checkpoint` finds these by the checkpoint's `arch` (it cannot import this later notebook):
-register_path("read_config", "transformer")(lambda f: TransformerConfig.from_dict(json.loads(Path(f).read_text())))
+register_path("read_config", "transformer")(_read_transformer_config)
 register_path("from_pretrained", "transformer")(LlamaBaseline.from_pretrained)
 
 # %% ../nbs/08_vs_transformer.ipynb #ea184cc9
